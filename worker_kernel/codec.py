@@ -1,0 +1,355 @@
+"""The safe value codec: Python values to JSON plus raw buffers, and back, without pickle or eval.
+
+Values that JSON carries as they are (None, bool, int of any size, float including nan and inf, str, lists, and
+dicts with str keys) travel as JSON. Everything else becomes a tagged object ``{"$w": tag, "v": payload}``
+produced by a `Marshaller`. Binary data (bytes, bytearray, numpy arrays) is never put in the JSON: the payload
+names the index of a separate ZeroMQ frame, so large values cross without a copy into text.
+
+Decoding builds only the types in the registry, from plain data; it never imports a module a message names, so
+a hostile peer can at worst produce an error. One registry holds the built-in types and the ones users add with
+`register_marshaller` (the example app's HTTP responses, say).
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import sys
+import traceback
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
+from typing import Any, Callable
+
+from .errors import RemoteError
+
+TAG = "$w"
+_PLAIN = (str, int, float, bool, type(None))
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A raw frame inside a marshalled payload: encoded as a frame index, decoded as a memoryview."""
+
+    data: Any
+
+
+@dataclass(frozen=True)
+class Marshaller:
+    """How one family of types crosses the boundary.
+
+    ``encode(value)`` returns a value the codec carries (it may hold `Buffer`s); ``decode(payload)`` gets that
+    value back, already decoded, and rebuilds the object. ``tag`` names the family on the wire.
+    """
+
+    tag: str
+    types: tuple[type, ...]
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+
+
+class Unencodable(TypeError):
+    """A value of a type the codec cannot carry; ``where`` is its place, such as ``args[0]['x']``."""
+
+    def __init__(self, type_name: str, where: str) -> None:
+        super().__init__(
+            f"cannot send a value of type {type_name!r} at {where}: wb-magic carries plain data "
+            "(see worker_kernel.codec) and types registered with register_marshaller()"
+        )
+        self.type_name = type_name
+        self.where = where
+
+
+class _Miss(Exception):
+    """Raised inside `encode` and given its place on the way out."""
+
+    def __init__(self, value: Any) -> None:
+        self.type_name = f"{type(value).__module__}.{type(value).__qualname__}"
+        self.path: list[str] = []
+
+
+_by_tag: dict[str, Marshaller] = {}
+_by_type: dict[type, Marshaller] = {}
+_families: list[Marshaller] = []  # searched with isinstance for subclasses and lazily imported types
+
+
+def register_marshaller(
+    tag: str, types: type | tuple[type, ...], encode: Callable[[Any], Any], decode: Callable[[Any], Any]
+) -> Marshaller:
+    """Teach the codec a type. Both sides of a call must register the same tag (import it in both)."""
+    if not isinstance(types, tuple):
+        types = (types,)
+    marshaller = Marshaller(tag, types, encode, decode)
+    old = _by_tag.get(tag)
+    if old is not None:
+        _families.remove(old)
+        for t in old.types:
+            _by_type.pop(t, None)
+    _by_tag[tag] = marshaller
+    for t in types:
+        _by_type[t] = marshaller
+    _families.append(marshaller)
+    return marshaller
+
+
+def _lookup(value: Any) -> Marshaller | None:
+    cls = type(value)
+    found = _by_type.get(cls)
+    if found is not None:
+        return found
+    if cls.__module__ == "numpy" or cls.__module__.startswith("numpy."):
+        _register_numpy()
+    for marshaller in _families:
+        if isinstance(value, marshaller.types):
+            _by_type[cls] = marshaller
+            return marshaller
+    return None
+
+
+# -- encoding -----------------------------------------------------------------------------------------------
+
+
+def encode(value: Any, buffers: list[Any]) -> Any:
+    """The JSON-able form of ``value``; binary parts are appended to ``buffers``."""
+    cls = type(value)
+    if cls in _PLAIN:
+        return value
+    if cls is list:
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(encode(item, buffers))
+            except _Miss as miss:
+                miss.path.append(f"[{i}]")
+                raise
+        return out
+    if cls is dict:
+        if all(type(k) is str for k in value) and TAG not in value:
+            plain = {}
+            for k, item in value.items():
+                try:
+                    plain[k] = encode(item, buffers)
+                except _Miss as miss:
+                    miss.path.append(f"[{k!r}]")
+                    raise
+            return plain
+        pairs = []
+        for k, item in value.items():
+            try:
+                pairs.append([encode(k, buffers), encode(item, buffers)])
+            except _Miss as miss:
+                miss.path.append(f"[{k!r}]")
+                raise
+        return {TAG: "dict", "v": pairs}
+    if cls is bytes or cls is bytearray or cls is Buffer:
+        buffers.append(value.data if cls is Buffer else value)
+        return {TAG: cls.__name__.lower(), "b": len(buffers) - 1}
+    for base in _PLAIN[:3]:
+        if isinstance(value, base):  # subclasses (IntEnum, numpy.float64, str enums) travel as their base
+            return base(value)
+    marshaller = _lookup(value)
+    if marshaller is None:
+        raise _Miss(value)
+    payload = marshaller.encode(value)
+    try:
+        return {TAG: marshaller.tag, "v": encode(payload, buffers)}
+    except _Miss as miss:
+        if not miss.path:
+            miss.path.append(f"<inside {type(value).__qualname__}>")
+        raise
+
+
+def encode_value(value: Any, buffers: list[Any], where: str) -> Any:
+    """`encode`, raising `Unencodable` (a TypeError) that names the bad value's type and place."""
+    try:
+        return encode(value, buffers)
+    except _Miss as miss:
+        raise Unencodable(miss.type_name, where + "".join(reversed(miss.path))) from None
+    except RecursionError:
+        raise TypeError(f"{where} is nested too deeply (or refers to itself) to be sent") from None
+
+
+# -- decoding -----------------------------------------------------------------------------------------------
+
+
+class DecodeError(ValueError):
+    """A payload that does not follow the codec's rules."""
+
+
+def decode(data: Any, buffers: list[Any]) -> Any:
+    """Rebuild a value from its JSON form and the frames that came with it."""
+    cls = type(data)
+    if cls is list:
+        return [decode(item, buffers) for item in data]
+    if cls is not dict:
+        return data
+    tag = data.get(TAG)
+    if tag is None:
+        return {k: decode(v, buffers) for k, v in data.items()}
+    if tag in ("bytes", "bytearray", "buffer"):
+        index = data.get("b")
+        if type(index) is not int or not 0 <= index < len(buffers):
+            raise DecodeError(f"frame index {index!r} out of range")
+        frame = buffers[index]
+        return frame if tag == "buffer" else bytes(frame) if tag == "bytes" else bytearray(frame)
+    if tag == "dict":
+        pairs = data.get("v")
+        if type(pairs) is not list or not all(type(p) is list and len(p) == 2 for p in pairs):
+            raise DecodeError("a dict payload must be a list of [key, value] pairs")
+        try:
+            return {decode(k, buffers): decode(v, buffers) for k, v in pairs}
+        except TypeError as exc:  # an unhashable key
+            raise DecodeError(f"bad dict key: {exc}") from None
+    marshaller = _by_tag.get(tag) if type(tag) is str else None
+    if marshaller is None and tag in ("ndarray", "npscalar"):
+        _register_numpy()
+        marshaller = _by_tag.get(tag)
+    if marshaller is None:
+        raise DecodeError(f"unknown value tag {tag!r}")
+    try:
+        return marshaller.decode(decode(data.get("v"), buffers))
+    except DecodeError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+        raise DecodeError(f"bad {tag} payload: {exc}") from None
+
+
+def decode_value(data: Any, buffers: list[Any]) -> Any:
+    try:
+        return decode(data, buffers)
+    except RecursionError:
+        raise DecodeError("value nested too deeply") from None
+
+
+# -- exceptions ---------------------------------------------------------------------------------------------
+
+# BaseException types a worker must not be able to raise in its caller (SystemExit would end the host)
+_NOT_REBUILT = {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "StopIteration", "StopAsyncIteration"}
+
+
+def exception_to_wire(exc: BaseException, buffers: list[Any]) -> dict[str, Any]:
+    """The Jupyter error fields (ename, evalue, traceback) plus what is needed to rebuild the type."""
+    cls = type(exc)
+    tb_lines = traceback.format_exception(exc)
+    try:
+        args = encode_value(list(exc.args), buffers, "args")
+    except TypeError:
+        args = None
+    return {
+        "ename": cls.__qualname__,
+        "emodule": cls.__module__,
+        "evalue": str(exc),
+        "eargs": args,
+        "traceback": tb_lines,
+    }
+
+
+def exception_from_wire(content: dict[str, Any], buffers: list[Any]) -> BaseException:
+    """Rebuild an exception: a built-in type as itself, any other as `RemoteError`."""
+    name = str(content.get("ename", "Exception"))
+    module = str(content.get("emodule", ""))
+    message = str(content.get("evalue", ""))
+    tb = content.get("traceback")
+    remote_tb = "".join(str(line) for line in tb) if isinstance(tb, list) else ""
+    exc: BaseException | None = None
+    cls = getattr(builtins, name, None) if module == "builtins" and name not in _NOT_REBUILT else None
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        args = content.get("eargs")
+        try:
+            args = decode_value(args, buffers) if args is not None else [message]
+            exc = cls(*args) if isinstance(args, list) else cls(message)
+        except Exception:
+            exc = cls(message)
+    if exc is None:
+        qual = f"{module}.{name}" if module and module != "builtins" else name
+        exc = RemoteError(qual, message, remote_tb)
+    exc.remote_traceback = remote_tb  # type: ignore[attr-defined]
+    if remote_tb:
+        exc.add_note("Remote traceback (from the worker):\n" + remote_tb.rstrip())
+    return exc
+
+
+# -- the built-in marshallers -------------------------------------------------------------------------------
+
+
+def _path_decode(payload: list[str]) -> PurePath:
+    kind, text = payload
+    cls = {"PurePosixPath": PurePosixPath, "PureWindowsPath": PureWindowsPath}.get(kind, Path)
+    return cls(text)
+
+
+def _exception_encode(exc: BaseException) -> dict[str, Any]:
+    # exceptions as values (returned, not raised) carry the same fields as error replies; buffers inside
+    # their args are not supported, so args that need frames fall back to their text
+    info = exception_to_wire(exc, [])
+    if info["eargs"] is not None and _holds_frames(info["eargs"]):
+        info["eargs"] = None
+    return info
+
+
+def _holds_frames(data: Any) -> bool:
+    if isinstance(data, list):
+        return any(_holds_frames(x) for x in data)
+    if isinstance(data, dict):
+        return "b" in data and data.get(TAG) in ("bytes", "bytearray", "buffer") or any(
+            _holds_frames(v) for v in data.values()
+        )
+    return False
+
+
+def _exception_decode(payload: dict[str, Any]) -> BaseException:
+    return exception_from_wire(payload, [])
+
+
+for _tag, _types, _enc, _dec in [
+    ("tuple", tuple, list, tuple),
+    ("set", set, list, set),
+    ("frozenset", frozenset, list, frozenset),
+    ("complex", complex, lambda c: [c.real, c.imag], lambda p: complex(*p)),
+    ("datetime", dt.datetime, dt.datetime.isoformat, dt.datetime.fromisoformat),
+    ("date", dt.date, dt.date.isoformat, dt.date.fromisoformat),
+    ("time", dt.time, dt.time.isoformat, dt.time.fromisoformat),
+    ("timedelta", dt.timedelta, lambda d: [d.days, d.seconds, d.microseconds], lambda p: dt.timedelta(*p)),
+    ("decimal", Decimal, str, Decimal),
+    ("uuid", uuid.UUID, str, uuid.UUID),
+    ("path", PurePath, lambda p: [type(p).__name__, str(p)], _path_decode),
+    ("exception", BaseException, _exception_encode, _exception_decode),
+]:
+    register_marshaller(_tag, _types, _enc, _dec)
+
+
+def _register_numpy() -> None:
+    """Arrays of non-object dtype as one raw frame each; numpy is imported only once a peer uses it."""
+    if "ndarray" in _by_tag:
+        return
+    import numpy as np
+
+    def encode_array(array: Any) -> dict[str, Any]:
+        if array.dtype.hasobject:
+            raise _Miss(array)
+        if not array.flags.c_contiguous:
+            array = array.copy(order="C")
+        return {"dtype": array.dtype.str, "shape": list(array.shape), "data": Buffer(memoryview(array).cast("B"))}
+
+    def decode_array(payload: dict[str, Any]) -> Any:
+        dtype = np.dtype(str(payload["dtype"]))
+        if dtype.hasobject:
+            raise DecodeError("arrays of object dtype are not accepted")
+        shape = tuple(int(n) for n in payload["shape"])
+        return np.frombuffer(payload["data"], dtype=dtype).reshape(shape)
+
+    def encode_scalar(scalar: Any) -> Any:
+        if scalar.dtype.hasobject:
+            raise _Miss(scalar)
+        return encode_array(np.asarray(scalar))
+
+    def decode_scalar(payload: dict[str, Any]) -> Any:
+        return decode_array(payload)[()]
+
+    register_marshaller("ndarray", np.ndarray, encode_array, decode_array)
+    register_marshaller("npscalar", np.generic, encode_scalar, decode_scalar)
+
+
+if "numpy" in sys.modules:  # pragma: no cover - depends on the process
+    _register_numpy()

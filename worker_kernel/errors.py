@@ -1,0 +1,47 @@
+"""The exceptions of wb-magic, shared by the broker and the workers.
+
+They live in `worker_kernel` because code inside a worker meets them too (a worker-to-worker call can time out
+or find its target dead); `wb_magic.errors` re-exports them for the host::
+
+    WorkerBrokerError              root of everything wb-magic raises on its own account
+    ├── RemoteError                the worker raised an exception of a type that is not a Python built-in
+    ├── WorkerDied                 the worker process ended (or stopped answering) while a call was pending
+    ├── WorkerStartError           a worker could not be launched or its module could not be imported
+    └── CallTimeout                the call took longer than its timeout (also a `TimeoutError`)
+
+An exception of a built-in type raised inside a worker (``ValueError``, ``KeyError``, ...) is raised in the
+caller as that same type, with the remote traceback in ``remote_traceback`` and in its notes. A denial by the
+sandbox arrives as `PermissionError`; a value the codec cannot carry as `TypeError`.
+"""
+
+from __future__ import annotations
+
+
+class WorkerBrokerError(Exception):
+    """Root of the exceptions that wb-magic raises on its own account."""
+
+
+class RemoteError(WorkerBrokerError):
+    """A worker raised an exception whose type cannot be rebuilt in the caller.
+
+    ``type_name`` is the remote type's qualified name (``module.Class``), ``message`` its ``str()``, and
+    ``remote_traceback`` the formatted traceback from the worker.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+
+class WorkerDied(WorkerBrokerError):
+    """The worker that was running (or about to run) the call ended; the next call starts a fresh one."""
+
+
+class WorkerStartError(WorkerBrokerError):
+    """A worker could not be launched, or its target module could not be found."""
+
+
+class CallTimeout(WorkerBrokerError, TimeoutError):
+    """The call did not finish within its timeout. The worker's call is interrupted."""

@@ -1,0 +1,121 @@
+"""The worker's iopub channel: status, stream and execute messages, safe to use from any thread.
+
+The socket is XPUB so that the worker knows when a subscriber has joined: ZeroMQ drops what a PUB socket sends
+before a subscription arrives, so messages wait in a short queue until then (a call can reach the worker, and
+print, before the broker's subscription has). Every ``print`` in a worker becomes a ``stream`` message whose
+parent is the request being served, so that the broker can show it under the call that made it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+import zmq
+
+from .wire import Session
+
+log = logging.getLogger("worker_kernel")
+
+QUEUE_LIMIT = 1000  # messages held before the first subscriber; the oldest are dropped past this
+
+
+class Request:
+    """The request being served, as the output streams see it: its header and how many outputs it made."""
+
+    __slots__ = ("header", "idents", "outputs")
+
+    def __init__(self, header: dict[str, Any], idents: list[bytes]) -> None:
+        self.header = header
+        self.idents = idents
+        self.outputs = 0
+
+
+current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar("wb_request", default=None)
+
+
+class IOPub:
+    def __init__(self, socket: zmq.Socket, session: Session) -> None:
+        self.socket = socket
+        self.session = session
+        self._lock = threading.Lock()
+        self._held: deque[list[Any]] = deque(maxlen=QUEUE_LIMIT)
+        self.subscribed = False
+
+    def publish(self, msg_type: str, content: dict[str, Any], parent: dict[str, Any] | None = None) -> None:
+        _, frames = self.session.message(msg_type, content, parent=parent)
+        with self._lock:
+            if self.subscribed:
+                self.socket.send_multipart(frames)
+            else:
+                self._held.append(frames)
+
+    def status(self, state: str, parent: dict[str, Any] | None = None) -> None:
+        self.publish("status", {"execution_state": state}, parent)
+
+    def take_subscriptions(self) -> None:
+        """Read subscription notices from the XPUB socket; the first releases the held messages."""
+        with self._lock:
+            while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                notice = self.socket.recv()
+                if notice[:1] == b"\x01" and not self.subscribed:
+                    self.subscribed = True
+                    while self._held:
+                        self.socket.send_multipart(self._held.popleft())
+
+    def close(self) -> None:
+        with self._lock:
+            self.socket.close(linger=200)
+
+
+class OutputStream(io.TextIOBase):
+    """``sys.stdout`` / ``sys.stderr`` of a worker: lines become iopub ``stream`` messages as they are written."""
+
+    def __init__(self, name: str, iopub: IOPub) -> None:
+        super().__init__()
+        self.name = name
+        self._iopub = iopub
+        self._lock = threading.Lock()
+        self._parts: list[str] = []
+        self._owner: Request | None = None
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        request = current_request.get()
+        with self._lock:
+            if request is not self._owner and self._parts:
+                self._flush_locked()
+            self._owner = request
+            self._parts.append(text)
+            if "\n" in text:
+                self._flush_locked()
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._parts:
+            return
+        text = "".join(self._parts)
+        self._parts.clear()
+        owner = self._owner
+        if owner is not None:
+            owner.outputs += 1
+        self._iopub.publish("stream", {"name": self.name, "text": text}, owner.header if owner else None)

@@ -1,0 +1,495 @@
+"""The worker kernel's socket server: a lightweight Jupyter kernel (messaging protocol 5.3).
+
+Five sockets, as the spec has them: shell (ROUTER) and stdin (ROUTER) are served on the main thread's asyncio
+loop, control (ROUTER) on a thread of its own so that ``interrupt_request`` and ``shutdown_request`` are heard
+while a call runs, heartbeat (REP) echoed by ZeroMQ on a thread, iopub (XPUB) shared through `IOPub`.
+
+Messages are dispatched through tables ``msg_type -> handler``; the call runner (`runner.py`) does the work of
+wb-magic's own messages. A synchronous function that calls another worker waits for the broker's reply in a
+nested loop that keeps serving shell requests, so a cycle A -> B -> A completes; ``async def`` functions run as
+tasks on the loop and interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import inspect
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any, Callable
+
+import zmq
+
+from . import __version__
+from .codec import Unencodable, decode_value, encode_value, exception_from_wire, exception_to_wire
+from .errors import CallTimeout
+from .iopub import IOPub, OutputStream, Request, current_request
+from .runner import CallContext, CallRunner, current
+from .wire import WB_BROKER, Message, Session, WireError, reply_type
+
+log = logging.getLogger("worker_kernel")
+
+Handler = Callable[[Message], None]
+
+
+class WorkerKernel:
+    """One worker process. ``connection`` is the connection-file dict; ``hooks`` see `CallRunner`."""
+
+    def __init__(self, connection: dict[str, Any], *, hooks: Any = None) -> None:
+        scheme = connection.get("signature_scheme", "hmac-sha256")
+        if scheme != "hmac-sha256":
+            raise ValueError(f"unsupported signature scheme {scheme!r}")
+        self.connection = connection
+        self.session = Session(str(connection.get("key", "")).encode(), username="wb-worker")
+        self.runner = CallRunner(hooks)
+        self.context = zmq.Context()
+        self.execution_count = 0
+        self._sync_depth = 0  # > 0 while a synchronous call or execute runs on the main thread
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._waiting: dict[str, Any] = {}  # wb_broker_request id -> asyncio future, or None for a sync wait
+        self._answers: dict[str, Message] = {}
+        self._last_idents: list[bytes] = []
+        self._main_thread = threading.get_ident()
+        self.shell_handlers: dict[str, Handler] = {
+            "kernel_info_request": self._kernel_info,
+            "execute_request": self._execute,
+            "is_complete_request": self._is_complete,
+            "complete_request": self._complete,
+            "inspect_request": self._inspect,
+            "history_request": lambda m: self._reply(self.shell, m, {"status": "ok", "history": []}),
+            "comm_info_request": lambda m: self._reply(self.shell, m, {"status": "ok", "comms": {}}),
+            "shutdown_request": self._shutdown,
+            "wb_call_request": self._wb_call,
+            "wb_import_request": self._wb_import,
+            "wb_inspect_request": self._wb_inspect,
+        }
+        self.control_handlers: dict[str, Handler] = {
+            "kernel_info_request": self._kernel_info,
+            "shutdown_request": self._shutdown,
+            "interrupt_request": self._interrupt,
+        }
+
+    # -- start-up -------------------------------------------------------------------------------------------
+
+    def _bind(self, socket_type: int, channel: str) -> zmq.Socket:
+        sock = self.context.socket(socket_type)
+        sock.linger = 200
+        address = f"{self.connection.get('transport', 'tcp')}://{self.connection.get('ip', '127.0.0.1')}"
+        port = self.connection.get(f"{channel}_port")
+        sock.bind(f"{address}:{port}" if self.connection.get("transport", "tcp") == "tcp" else f"{address}-{port}")
+        return sock
+
+    def start(self) -> None:
+        from . import worker
+
+        worker._kernel = self
+        self.shell = self._bind(zmq.ROUTER, "shell")
+        self.stdin = self._bind(zmq.ROUTER, "stdin")
+        self.stdin.router_mandatory = True
+        self.control = self._bind(zmq.ROUTER, "control")
+        iopub = self._bind(zmq.XPUB, "iopub")
+        self.iopub = IOPub(iopub, self.session)
+        heartbeat = self._bind(zmq.REP, "hb")
+        threading.Thread(target=_echo, args=(heartbeat,), name="wb-heartbeat", daemon=True).start()
+        threading.Thread(target=self._serve_control, name="wb-control", daemon=True).start()
+        sys.stdout = OutputStream("stdout", self.iopub)
+        sys.stderr = OutputStream("stderr", self.iopub)
+        signal.signal(signal.SIGINT, self._on_sigint)
+        self.iopub.status("starting")
+
+    def run(self) -> None:
+        """Serve until shut down, or until the process that launched this worker ends."""
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.add_reader(self.shell.FD, self._drain_shell)
+        self.loop.add_reader(self.stdin.FD, self._drain_stdin)
+        self.loop.add_reader(self.iopub.socket.FD, self.iopub.take_subscriptions)
+        self._parent_fd = _watch_parent()
+        if self._parent_fd is not None:
+            self.loop.add_reader(self._parent_fd, self._parent_died)
+        self.loop.call_soon(self._drain_all)
+        self.iopub.status("idle")
+        try:
+            self.loop.run_forever()
+        finally:
+            self._close()
+
+    # -- the shell and stdin channels ------------------------------------------------------------------------
+
+    def _drain_all(self) -> None:
+        self.iopub.take_subscriptions()
+        self._drain_stdin()
+        self._drain_shell()
+
+    def _receive(self, sock: zmq.Socket) -> Message | None:
+        """One message from ``sock`` if one is waiting; malformed or unsigned messages are dropped."""
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = sock.recv_multipart(copy=False)
+            try:
+                return self.session.parse(frames)
+            except WireError as exc:
+                log.warning("dropped a message: %s", exc)
+        return None
+
+    def _drain_shell(self) -> None:
+        while (msg := self._receive(self.shell)) is not None:
+            self._last_idents = msg.idents
+            handler = self.shell_handlers.get(msg.msg_type, self._unknown)
+            try:
+                handler(msg)
+            except Exception:  # a handler bug must not end the worker
+                log.exception("handling %s failed", msg.msg_type)
+
+    def _drain_stdin(self) -> None:
+        while (msg := self._receive(self.stdin)) is not None:
+            key = msg.parent_id
+            if key not in self._waiting:
+                log.warning("dropped a %s for no pending request", msg.msg_type)
+                continue
+            waiter = self._waiting.pop(key)
+            if waiter is None:
+                self._answers[key] = msg
+            elif not waiter.done():
+                waiter.set_result(msg)
+
+    def _reply(
+        self,
+        sock: zmq.Socket,
+        request: Message,
+        content: dict[str, Any],
+        buffers: list[Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        _, frames = self.session.message(
+            reply_type(request.msg_type),
+            content,
+            parent=request.header,
+            metadata=metadata,
+            buffers=buffers or (),
+            idents=request.idents,
+        )
+        sock.send_multipart(frames, copy=len(frames) < 8)
+
+    def _unknown(self, msg: Message) -> None:
+        self._reply(
+            self._channel(),
+            msg,
+            {
+                "status": "error",
+                "ename": "ValueError",
+                "evalue": f"unknown message type {msg.msg_type!r}",
+                "traceback": [],
+            },
+        )
+
+    # -- wb-magic's messages ----------------------------------------------------------------------------------
+
+    def _error_reply(self, sock: zmq.Socket, msg: Message, exc: BaseException, request: Request | None) -> None:
+        buffers: list[Any] = []
+        content = {"status": "error", **exception_to_wire(exc, buffers)}
+        if request is not None:
+            content["outputs"] = request.outputs
+        self._reply(sock, msg, content, buffers)
+
+    def _wb_call(self, msg: Message) -> None:
+        c = msg.content
+        request = Request(msg.header, msg.idents)
+        try:
+            module = self.runner.module(str(c["module"]), c.get("cache_buster"))
+            fn = self.runner.function(module, str(c["function"]))
+            args = decode_value(c.get("args", []), msg.buffers)
+            kwargs = decode_value(c.get("kwargs", {}), msg.buffers)
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise TypeError("a call's args must be a list and its kwargs a dict")
+            source = c.get("source") or {}
+            context = CallContext(
+                module=str(c["module"]),
+                function=str(c["function"]),
+                segregation_id=c.get("segregation_id"),
+                source_module=source.get("module"),
+                source_segregation_id=source.get("segregation_id"),
+                call_id=msg.msg_id,
+            )
+        except BaseException as exc:
+            self._error_reply(self.shell, msg, exc, request)
+            return
+        if inspect.iscoroutinefunction(fn):
+            task = self.loop.create_task(self._run_async(msg, request, context, fn, args, kwargs))
+            self._tasks[msg.msg_id] = task
+            return
+        self._run_sync(msg, request, context, fn, args, kwargs)
+
+    def _run_sync(
+        self, msg: Message, request: Request, context: CallContext, fn: Callable[..., Any], args: list, kwargs: dict
+    ) -> None:
+        request_token = current_request.set(request)
+        call_token = current.set(context)
+        self._sync_depth += 1
+        try:
+            self.runner.before(context)
+            try:
+                value = fn(*args, **kwargs)
+            finally:
+                self.runner.after(context)
+        except BaseException as exc:
+            self._sync_depth -= 1
+            _flush_streams()
+            self._error_reply(self.shell, msg, exc, request)
+            return
+        finally:
+            current.reset(call_token)
+            current_request.reset(request_token)
+        self._sync_depth -= 1
+        self._send_value(msg, request, value)
+
+    async def _run_async(
+        self, msg: Message, request: Request, context: CallContext, fn: Callable[..., Any], args: list, kwargs: dict
+    ) -> None:
+        current_request.set(request)
+        current.set(context)
+        try:
+            self.runner.before(context)
+            try:
+                value = await fn(*args, **kwargs)
+            finally:
+                self.runner.after(context)
+        except BaseException as exc:  # CancelledError included: an interrupted call still gets its reply
+            _flush_streams()
+            self._error_reply(self.shell, msg, exc, request)
+        else:
+            self._send_value(msg, request, value)
+        finally:
+            self._tasks.pop(msg.msg_id, None)
+            self.loop.call_soon(self._drain_all)
+
+    def _send_value(self, msg: Message, request: Request, value: Any) -> None:
+        _flush_streams()
+        buffers: list[Any] = []
+        try:
+            encoded = encode_value(value, buffers, "the result")
+        except (Unencodable, TypeError) as exc:
+            self._error_reply(self.shell, msg, exc, request)
+            return
+        self._reply(self.shell, msg, {"status": "ok", "value": encoded, "outputs": request.outputs}, buffers)
+
+    def _wb_import(self, msg: Message) -> None:
+        try:
+            self.runner.module(str(msg.content["module"]), msg.content.get("cache_buster"))
+        except BaseException as exc:
+            self._error_reply(self.shell, msg, exc, None)
+            return
+        self._reply(self.shell, msg, {"status": "ok"})
+
+    def _wb_inspect(self, msg: Message) -> None:
+        try:
+            module = self.runner.module(str(msg.content["module"]), msg.content.get("cache_buster"))
+            description = self.runner.describe(module)
+        except BaseException as exc:
+            self._error_reply(self.shell, msg, exc, None)
+            return
+        self._reply(self.shell, msg, {"status": "ok", **description})
+
+    # -- worker-to-worker calls, through the broker on the stdin channel --------------------------------------
+
+    def _broker_message(self, content: dict[str, Any], buffers: list[Any]) -> str:
+        request = current_request.get()
+        idents = request.idents if request is not None else self._last_idents
+        msg_id, frames = self.session.message(
+            WB_BROKER, content, parent=request.header if request else None, buffers=buffers, idents=idents
+        )
+        self._waiting[msg_id] = None
+        self.stdin.send_multipart(frames)
+        return msg_id
+
+    def broker_request(self, content: dict[str, Any], buffers: list[Any], timeout: float | None) -> Any:
+        """Send a ``wb_broker_request`` and wait for its answer, serving incoming calls meanwhile."""
+        if threading.get_ident() != self._main_thread:
+            raise RuntimeError("worker-to-worker calls are made from the worker's main thread (or its event loop)")
+        msg_id = self._broker_message(content, buffers)
+        poller = zmq.Poller()
+        for sock in (self.shell, self.stdin, self.iopub.socket):
+            poller.register(sock, zmq.POLLIN)
+        deadline = None if timeout is None else self.loop.time() + timeout
+        while msg_id not in self._answers:
+            wait = None if deadline is None else max(0.0, deadline - self.loop.time())
+            if wait == 0.0:
+                self._waiting.pop(msg_id, None)
+                raise CallTimeout(f"no answer from the broker within {timeout} s")
+            poller.poll(None if wait is None else int(wait * 1000) + 1)
+            self._drain_all()
+        return _answer(self._answers.pop(msg_id))
+
+    async def abroker_request(self, content: dict[str, Any], buffers: list[Any], timeout: float | None) -> Any:
+        msg_id = self._broker_message(content, buffers)
+        future = self.loop.create_future()
+        self._waiting[msg_id] = future
+        self._drain_stdin()  # the answer may already be here: the socket's edge-triggered fd won't tell again
+        try:
+            return _answer(await asyncio.wait_for(future, timeout))
+        except asyncio.TimeoutError:
+            raise CallTimeout(f"no answer from the broker within {timeout} s") from None
+        finally:
+            self._waiting.pop(msg_id, None)
+
+    # -- standard requests -----------------------------------------------------------------------------------
+
+    def _kernel_info(self, msg: Message) -> None:
+        sock = self._channel()
+        self._with_status(msg, lambda: self._reply(sock, msg, kernel_info()))
+
+    def _channel(self) -> zmq.Socket:
+        """The socket to answer on: shell when serving on the main thread, control on the control thread."""
+        return self.shell if threading.get_ident() == self._main_thread else self.control
+
+    def _with_status(self, msg: Message, action: Callable[[], None]) -> None:
+        self.iopub.status("busy", msg.header)
+        try:
+            action()
+        finally:
+            self.iopub.status("idle", msg.header)
+
+    def _execute(self, msg: Message) -> None:
+        from .execute import execute
+
+        request = Request(msg.header, msg.idents)
+        token = current_request.set(request)
+        self._sync_depth += 1
+        try:
+            self._with_status(msg, lambda: execute(self, msg))
+        finally:
+            self._sync_depth -= 1
+            current_request.reset(token)
+
+    def _is_complete(self, msg: Message) -> None:
+        from .execute import is_complete
+
+        self._reply(self.shell, msg, is_complete(str(msg.content.get("code", ""))))
+
+    def _complete(self, msg: Message) -> None:
+        from .execute import complete
+
+        self._reply(self.shell, msg, complete(self.namespace, msg.content))
+
+    def _inspect(self, msg: Message) -> None:
+        self._reply(self.shell, msg, {"status": "ok", "found": False, "data": {}, "metadata": {}})
+
+    @property
+    def namespace(self) -> dict[str, Any]:
+        """Where ``execute_request`` runs: the worker's first target module, so a console sees its state."""
+        if self.runner.primary is None:
+            import types
+
+            self.runner.primary = types.ModuleType("__main__")
+        return self.runner.primary.__dict__
+
+    # -- the control channel (its own thread) -----------------------------------------------------------------
+
+    def _serve_control(self) -> None:
+        while True:
+            try:
+                frames = self.control.recv_multipart(copy=False)
+            except zmq.ZMQError:
+                return
+            try:
+                msg = self.session.parse(frames)
+            except WireError as exc:
+                log.warning("dropped a control message: %s", exc)
+                continue
+            handler = self.control_handlers.get(msg.msg_type)
+            if handler is None:
+                self._unknown(msg)
+                continue
+            try:
+                handler(msg)
+            except Exception:
+                log.exception("handling %s failed", msg.msg_type)
+
+    def _interrupt(self, msg: Message) -> None:
+        self._reply(self.control, msg, {"status": "ok"})
+        self.loop.call_soon_threadsafe(self._cancel_tasks)
+        if self._sync_depth > 0:
+            signal.pthread_kill(self._main_thread, signal.SIGINT)
+
+    def _cancel_tasks(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._sync_depth > 0:
+            raise KeyboardInterrupt
+        log.info("interrupt with no call running: ignored")
+
+    def _shutdown(self, msg: Message) -> None:
+        restart = bool(msg.content.get("restart", False))
+        self._reply(self._channel(), msg, {"status": "ok", "restart": restart})
+        self.iopub.publish("shutdown_reply", {"status": "ok", "restart": restart}, msg.header)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def _parent_died(self) -> None:
+        log.warning("the process that launched this worker has ended; exiting")
+        self.loop.stop()
+
+    def _close(self) -> None:
+        _flush_streams()
+        try:
+            atexit._run_exitfuncs()
+        finally:
+            self.iopub.close()
+            os._exit(0)
+
+
+def _answer(msg: Message) -> Any:
+    """The value of a ``wb_broker_reply``, or the exception it carries, raised."""
+    content = msg.content
+    if content.get("status") == "ok":
+        return decode_value(content.get("value"), msg.buffers)
+    raise exception_from_wire(content, msg.buffers)
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, OutputStream):
+            stream.flush()
+
+
+def _echo(sock: zmq.Socket) -> None:
+    try:
+        zmq.proxy(sock, sock)
+    except zmq.ZMQError:
+        pass
+
+
+def _watch_parent() -> int | None:
+    """A pidfd that becomes readable when the launching process ends, so a worker never outlives its host."""
+    pid = int(os.environ.get("JPY_PARENT_PID", "0") or 0) or os.getppid()
+    if pid <= 1:
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        log.warning("cannot watch the parent process %d; this worker may outlive it", pid)
+        return None
+
+
+def kernel_info() -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "protocol_version": "5.3",
+        "implementation": "wb-worker",
+        "implementation_version": __version__,
+        "language_info": {
+            "name": "python",
+            "version": ".".join(map(str, sys.version_info[:3])),
+            "mimetype": "text/x-python",
+            "file_extension": ".py",
+            "pygments_lexer": "python3",
+            "codemirror_mode": {"name": "python", "version": 3},
+            "nbconvert_exporter": "python",
+        },
+        "banner": f"wb-magic worker kernel {__version__} (Python {sys.version.split()[0]})",
+        "help_links": [],
+    }

@@ -1,0 +1,101 @@
+"""Module specs: resolve them to a canonical name, import them, and re-execute them on a new cache-buster.
+
+A spec is a path to a ``.py`` file, a ``file://`` URL or a dotted module name. The canonical form, which the
+broker uses in worker keys and the worker uses to import, is an absolute path for files and the dotted name for
+modules found on ``sys.path``.
+
+Re-executing compiles the module afresh from its source, never from a ``.pyc``: the bytecode cache is keyed by
+the source's mtime and size, so a same-size rewrite within one second would otherwise run stale code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Union
+from urllib.parse import unquote, urlparse
+
+ModuleSpec = Union[str, os.PathLike]
+
+
+def is_file_spec(spec: str) -> bool:
+    return spec.startswith("file://") or spec.endswith(".py") or os.sep in spec or spec.startswith(".")
+
+
+def resolve_module(spec: ModuleSpec, base: str | os.PathLike | None = None) -> str:
+    """The canonical name of a module spec. Relative paths resolve against ``base`` (a directory or a file's
+    directory) or else the working directory. Raises `ValueError` for a spec that is neither."""
+    text = os.fspath(spec)
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"a module spec must be a path, a file:// URL or a dotted name, not {spec!r}")
+    if text.startswith("file://"):
+        text = unquote(urlparse(text).path)
+    if is_file_spec(text):
+        path = Path(text).expanduser()
+        if not path.is_absolute():
+            root = Path(base) if base is not None else Path.cwd()
+            if root.suffix == ".py":
+                root = root.parent
+            path = root / path
+        return os.path.normpath(path)
+    if not all(part.isidentifier() for part in text.split(".")):
+        raise ValueError(f"{spec!r} is neither a path to a .py file nor a dotted module name")
+    return text
+
+
+def module_name_for(canonical: str) -> str:
+    """The ``__name__`` a target module gets: its file's stem, or its dotted name."""
+    return Path(canonical).stem if is_file_spec(canonical) else canonical
+
+
+def source_path(canonical: str) -> str:
+    """The file a canonical module is executed from. Raises `ModuleNotFoundError`."""
+    if is_file_spec(canonical):
+        if not os.path.isfile(canonical):
+            raise ModuleNotFoundError(f"no module file {canonical!r}", name=canonical)
+        return canonical
+    found = importlib.util.find_spec(canonical)
+    if found is None or not found.origin or not found.has_location:
+        raise ModuleNotFoundError(f"no module named {canonical!r}", name=canonical)
+    return found.origin
+
+
+def load_module(canonical: str, *, fresh: bool = False) -> ModuleType:
+    """Import the module. With ``fresh``, execute its current source again in a new module object.
+
+    The module's own directory goes first on ``sys.path``, as when a script runs, so that it can import the
+    modules beside it; those stay imported across re-executions (they are dependencies, not the target).
+    """
+    path = source_path(canonical)
+    if is_file_spec(canonical):
+        folder = os.path.dirname(path)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    elif not fresh:
+        return importlib.import_module(canonical)
+    name = module_name_for(canonical)
+    taken = sys.modules.get(name)
+    if taken is not None and getattr(taken, "__file__", None) != path:
+        name = f"wb_target_{name}"  # a file named like a loaded module (json.py, say) must not replace it
+    module = ModuleType(name)
+    module.__file__ = path
+    if not is_file_spec(canonical) and "." in name:
+        module.__package__ = name.rpartition(".")[0]
+    with open(path, "rb") as f:
+        source = f.read()
+    code = compile(source, path, "exec", dont_inherit=True)
+    previous = sys.modules.get(name)
+    sys.modules[name] = module
+    try:
+        exec(code, module.__dict__)
+    except BaseException:
+        if previous is not None:
+            sys.modules[name] = previous
+        else:
+            sys.modules.pop(name, None)
+        raise
+    return module

@@ -1,0 +1,172 @@
+"""Proxies: a module whose functions run in a worker, on either side of the boundary.
+
+`ModuleProxy` is a real `types.ModuleType`, so ``dir()``, tab completion and ``help()`` treat it as a module;
+its functions are real Python functions carrying the remote signature and docstring, so ``inspect.signature``
+and ``fn?`` show them. A `Caller` does the calling: the broker on the host, the worker kernel inside a worker.
+
+Signatures arrive as text from a worker that is not trusted. They are parsed with `ast` and never evaluated:
+defaults and annotations are shown as their source text.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Callable, Protocol
+
+
+class Caller(Protocol):
+    def call(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any: ...
+
+    async def acall(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any: ...
+
+    def describe(self, target: Any) -> tuple[Any, dict[str, Any]] | None:
+        """``(generation, {"name":, "functions": {name: {signature, doc, is_async}}})``, or None if the caller
+        cannot look inside modules. ``generation`` changes when the module is reloaded."""
+        ...
+
+    def module_name(self, target: Any) -> str: ...
+
+
+def make_function(
+    caller: Caller,
+    target: Any,
+    name: str,
+    *,
+    asynchronous: bool = False,
+    timeout: float | None = None,
+    info: dict[str, Any] | None = None,
+) -> Callable[..., Any]:
+    """A function that runs ``name`` of ``target`` in its worker: sync, or a coroutine function."""
+    if asynchronous:
+
+        async def proxy(*args: Any, **kwargs: Any) -> Any:
+            return await caller.acall(target, name, args, kwargs, timeout)
+
+    else:
+
+        def proxy(*args: Any, **kwargs: Any) -> Any:
+            return caller.call(target, name, args, kwargs, timeout)
+
+    module = caller.module_name(target)
+    proxy.__name__ = name
+    proxy.__qualname__ = name
+    proxy.__module__ = module
+    proxy.__doc__ = (info or {}).get("doc") or f"Runs {name}() of {module} in its worker."
+    if info is not None:
+        proxy.__signature__ = parse_signature(str(info.get("signature", "")))  # type: ignore[attr-defined]
+    proxy.with_timeout = lambda seconds: make_function(  # type: ignore[attr-defined]
+        caller, target, name, asynchronous=asynchronous, timeout=seconds, info=info
+    )
+    return proxy
+
+
+class ModuleProxy(types.ModuleType):
+    """Every public function of the remote module, as an attribute.
+
+    Synchronous proxies ask the worker what the module holds (``wb_inspect``) on first use, so that a missing
+    name fails at once with `AttributeError`; asynchronous ones never block, and a missing name fails when the
+    call is awaited.
+    """
+
+    def __init__(
+        self, caller: Caller, target: Any, *, asynchronous: bool = False, timeout: float | None = None
+    ) -> None:
+        super().__init__(caller.module_name(target))
+        self._wb_caller = caller
+        self._wb_target = target
+        self._wb_asynchronous = asynchronous
+        self._wb_timeout = timeout
+        self._wb_seen: tuple[Any, dict[str, Any]] | None = None
+
+    def _wb_functions(self) -> dict[str, Any] | None:
+        found = self._wb_caller.describe(self._wb_target)
+        if found is None:
+            return None
+        if self._wb_seen is not None and self._wb_seen[0] != found[0]:  # reloaded: forget stale signatures
+            for name in self._wb_seen[1]:
+                self.__dict__.pop(name, None)
+        self._wb_seen = found
+        functions = found[1].get("functions", {})
+        if found[1].get("doc"):
+            self.__doc__ = found[1]["doc"]
+        return functions if isinstance(functions, dict) else {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name.startswith("_wb_"):
+            raise AttributeError(name)
+        functions = None if self._wb_asynchronous else self._wb_functions()
+        if functions is not None and name not in functions:
+            raise AttributeError(f"module {self.__name__!r} (in its worker) has no function {name!r}")
+        fn = make_function(
+            self._wb_caller,
+            self._wb_target,
+            name,
+            asynchronous=self._wb_asynchronous,
+            timeout=self._wb_timeout,
+            info=None if functions is None else functions[name],
+        )
+        self.__dict__[name] = fn
+        return fn
+
+    def __dir__(self) -> list[str]:
+        functions = self._wb_functions() or {}
+        return sorted(set(functions) | {"__doc__", "__name__"})
+
+    def __repr__(self) -> str:
+        flavour = "async " if self._wb_asynchronous else ""
+        return f"<{flavour}worker proxy of {self._wb_target!r}>"
+
+
+class _Source:
+    """A default value or annotation shown as the worker's source text."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def parse_signature(text: str) -> Any:
+    """An `inspect.Signature` from text like ``(name, greeting='Hello', *, loud: bool = False) -> str``."""
+    import ast
+    import inspect
+
+    fallback = inspect.Signature(
+        [
+            inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+        ]
+    )
+    if not text.startswith("(") or len(text) > 10_000:
+        return fallback
+    try:
+        tree = ast.parse(f"def f{text}: pass")
+    except (SyntaxError, ValueError, RecursionError):
+        return fallback
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef):
+        return fallback
+    node = tree.body[0]
+    a = node.args
+    P = inspect.Parameter
+
+    def source(expr: ast.expr | None) -> Any:
+        return P.empty if expr is None else _Source(ast.unparse(expr))
+
+    params = []
+    positional = [(arg, P.POSITIONAL_ONLY) for arg in a.posonlyargs] + [
+        (arg, P.POSITIONAL_OR_KEYWORD) for arg in a.args
+    ]
+    defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+    for (arg, kind), default in zip(positional, defaults):
+        params.append(P(arg.arg, kind, default=source(default), annotation=source(arg.annotation)))
+    if a.vararg:
+        params.append(P(a.vararg.arg, P.VAR_POSITIONAL, annotation=source(a.vararg.annotation)))
+    for arg, default in zip(a.kwonlyargs, a.kw_defaults):
+        params.append(P(arg.arg, P.KEYWORD_ONLY, default=source(default), annotation=source(arg.annotation)))
+    if a.kwarg:
+        params.append(P(a.kwarg.arg, P.VAR_KEYWORD, annotation=source(a.kwarg.annotation)))
+    try:
+        return inspect.Signature(params, return_annotation=source(node.returns))
+    except ValueError:
+        return fallback

@@ -1,0 +1,117 @@
+"""The call runner: what a worker does with a call, apart from sockets.
+
+It keeps the target modules a worker has loaded (with the cache-buster each was loaded for), runs the entry
+hooks around every call, and tells what a module offers. The socket server (`kernel.py`) hands it decoded calls
+and sends back whatever it returns or raises.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable
+
+from .loader import load_module, module_name_for
+
+log = logging.getLogger("worker_kernel")
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Who made the call that is running: what `current_call()` returns inside a worker.
+
+    ``source_module`` and ``source_segregation_id`` are stamped by the broker: ``None`` when the host called,
+    else the calling worker's module. ``module`` and ``function`` are the target.
+    """
+
+    module: str
+    function: str
+    segregation_id: str | None
+    source_module: str | None
+    source_segregation_id: str | None
+    call_id: str
+
+
+current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("wb_current_call", default=None)
+
+
+class CallRunner:
+    """Loads target modules and runs their functions, with the seed's entry hooks.
+
+    ``hooks`` is any object (a module, say) with optional ``initial_call()``, ``before_call(context)`` and
+    ``after_call(context)``; ``initial_call`` runs once before the first call, ``after_call`` in a ``finally``.
+    """
+
+    def __init__(self, hooks: Any = None) -> None:
+        self.hooks = hooks
+        self.modules: dict[str, tuple[ModuleType, str | None]] = {}
+        self.primary: ModuleType | None = None
+        self._initialised = False
+
+    def module(self, canonical: str, cache_buster: str | None) -> ModuleType:
+        """The module for ``canonical``, executed afresh when ``cache_buster`` is one it has not loaded."""
+        loaded = self.modules.get(canonical)
+        if loaded is not None and (not cache_buster or loaded[1] == cache_buster):
+            return loaded[0]
+        log.debug("loading %s (cache buster %r)", canonical, cache_buster)
+        module = load_module(canonical, fresh=loaded is not None or bool(cache_buster))
+        self.modules[canonical] = (module, cache_buster)
+        if self.primary is None or self.primary.__name__ == module.__name__:
+            self.primary = module
+        return module
+
+    def function(self, module: ModuleType, name: str) -> Callable[..., Any]:
+        """The exported function ``name``. Only the module's own functions (or its ``__all__``) are exported:
+        a function it merely imported (``from os import system``) must not be callable by other workers."""
+        fn = getattr(module, name, None) if _exported(module, name) else None
+        if fn is None or not callable(fn) or isinstance(fn, type):
+            raise AttributeError(f"module {module.__name__!r} has no function {name!r}")
+        return fn
+
+    def before(self, context: CallContext) -> None:
+        if self.hooks is None:
+            return
+        if not self._initialised:
+            self._initialised = True
+            initial = getattr(self.hooks, "initial_call", None)
+            if initial is not None:
+                initial()
+        before = getattr(self.hooks, "before_call", None)
+        if before is not None:
+            before(context)
+
+    def after(self, context: CallContext) -> None:
+        after = getattr(self.hooks, "after_call", None) if self.hooks is not None else None
+        if after is not None:
+            after(context)
+
+    def describe(self, module: ModuleType) -> dict[str, Any]:
+        """The public callables of a module: name -> {signature, doc, is_async}."""
+        import inspect
+
+        functions = {}
+        for name, value in vars(module).items():
+            if not callable(value) or isinstance(value, type) or not _exported(module, name):
+                continue
+            try:
+                signature = str(inspect.signature(value))
+            except (TypeError, ValueError):
+                signature = "(*args, **kwargs)"
+            functions[name] = {
+                "signature": signature,
+                "doc": inspect.getdoc(value) or "",
+                "is_async": inspect.iscoroutinefunction(value),
+            }
+        return {"name": module_name_for(getattr(module, "__file__", None) or module.__name__), "functions": functions}
+
+
+def _exported(module: ModuleType, name: str) -> bool:
+    names = getattr(module, "__all__", None)
+    if names is not None:
+        return name in names
+    if name.startswith("_"):
+        return False
+    value = getattr(module, name, None)
+    return getattr(value, "__module__", None) == module.__name__

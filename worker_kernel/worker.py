@@ -1,0 +1,90 @@
+"""The API for code inside a worker: call other workers through the broker, and see who is calling.
+
+::
+
+    from worker_kernel import broker_proxy, current_call
+
+    other = broker_proxy().worker_proxy("./other.py")   # relative to this module's file
+    other.fn(1, 2)                                      # runs in other.py's worker, routed by the broker
+    current_call()                                      # who called the function that is running
+
+Targets are resolved by the broker, against the calling module's own file, and the broker stamps the true
+caller on the call: a worker cannot pose as another.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from .codec import encode_value
+from .proxy import ModuleProxy, make_function
+from .runner import CallContext, current
+
+_kernel: Any = None  # the running WorkerKernel, set when it starts
+
+
+def current_call() -> CallContext | None:
+    """The call being served (its target, and the caller as the broker stamped it), or None outside a call."""
+    return current.get()
+
+
+class BrokerProxy:
+    """The broker, as seen from inside a worker."""
+
+    def __init__(self, kernel: Any) -> None:
+        self._kernel = kernel
+
+    def worker_proxy(self, target: Any, *, asynchronous: bool = False, timeout: float | None = None) -> ModuleProxy:
+        return ModuleProxy(self, _target(target), asynchronous=asynchronous, timeout=timeout)
+
+    def worker_fn_proxy(
+        self, target: Any, name: str, *, asynchronous: bool = False, timeout: float | None = None
+    ) -> Callable[..., Any]:
+        return make_function(self, _target(target), name, asynchronous=asynchronous, timeout=timeout)
+
+    # -- the Caller protocol ---------------------------------------------------------------------------------
+
+    def _request(self, target: tuple[str, str | None], function: str, args: tuple, kwargs: dict, timeout: float | None) -> tuple[dict[str, Any], list[Any]]:
+        buffers: list[Any] = []
+        context = current.get()
+        content = {
+            "target": target[0],
+            "segregation_id": target[1],
+            "function": function,
+            "args": encode_value(list(args), buffers, "args"),
+            "kwargs": encode_value(kwargs, buffers, "kwargs"),
+            "timeout": timeout,
+            "source_module": context.module if context is not None else None,
+        }
+        return content, buffers
+
+    def call(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
+        content, buffers = self._request(target, function, args, kwargs, timeout)
+        return self._kernel.broker_request(content, buffers, None)
+
+    async def acall(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
+        content, buffers = self._request(target, function, args, kwargs, timeout)
+        return await self._kernel.abroker_request(content, buffers, None)
+
+    def describe(self, target: Any) -> None:
+        return None
+
+    def module_name(self, target: Any) -> str:
+        return os.path.splitext(os.path.basename(str(target[0])))[0]
+
+
+def _target(target: Any) -> tuple[str, str | None]:
+    if isinstance(target, tuple):
+        if len(target) != 2:
+            raise ValueError("a target is a module spec or a (module spec, segregation id) pair")
+        spec, segregation = target
+        return os.fspath(spec), (str(segregation) if segregation else None)
+    return os.fspath(target), None
+
+
+def broker_proxy() -> BrokerProxy:
+    """The broker of the worker this code runs in. Raises `RuntimeError` outside a worker."""
+    if _kernel is None:
+        raise RuntimeError("broker_proxy() works only inside a wb-magic worker")
+    return BrokerProxy(_kernel)
