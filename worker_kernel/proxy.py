@@ -15,9 +15,9 @@ from typing import Any, Callable, Protocol
 
 
 class Caller(Protocol):
-    def call(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any: ...
+    def invoke(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any: ...
 
-    async def acall(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any: ...
+    async def ainvoke(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any: ...
 
     def describe(self, target: Any) -> tuple[Any, dict[str, Any]] | None:
         """``(generation, {"name":, "functions": {name: {signature, doc, is_async}}})``, or None if the caller
@@ -40,12 +40,12 @@ def make_function(
     if asynchronous:
 
         async def proxy(*args: Any, **kwargs: Any) -> Any:
-            return await caller.acall(target, name, args, kwargs, timeout)
+            return await caller.ainvoke(target, name, args, kwargs, timeout)
 
     else:
 
         def proxy(*args: Any, **kwargs: Any) -> Any:
-            return caller.call(target, name, args, kwargs, timeout)
+            return caller.invoke(target, name, args, kwargs, timeout)
 
     module = caller.module_name(target)
     proxy.__name__ = name

@@ -59,11 +59,11 @@ class BrokerProxy:
         }
         return content, buffers
 
-    def call(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
+    def invoke(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
         content, buffers = self._request(target, function, args, kwargs, timeout)
         return self._kernel.broker_request(content, buffers, None)
 
-    async def acall(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
+    async def ainvoke(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
         content, buffers = self._request(target, function, args, kwargs, timeout)
         return await self._kernel.abroker_request(content, buffers, None)
 

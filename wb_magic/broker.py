@@ -1,0 +1,587 @@
+"""WorkerBroker: worker keys, lazy launch, calls, worker-to-worker routing, reloads and lifecycle events.
+
+Everything a worker sends is checked before it is used: frames must be signed with that worker's own key,
+replies are matched only against calls pending on that same worker, values are decoded by the safe codec (never
+unpickled), and a worker-to-worker request is re-issued by the broker with the true caller stamped on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import sys
+import threading
+import weakref
+from typing import Any, Callable, Hashable, Iterator
+
+import zmq
+
+from worker_kernel.codec import DecodeError, decode_value, encode_value, exception_from_wire, exception_to_wire
+from worker_kernel.loader import is_file_spec, module_name_for, resolve_module
+from worker_kernel.proxy import ModuleProxy, make_function
+from worker_kernel.wire import WB_BROKER, WB_CALL, WB_IMPORT, WB_INSPECT, Message, WireError
+
+from .cleaner import EventType, WorkerCleaner, WorkerEvent
+from .connection import WorkerConnection, now, pidfd
+from .errors import CallTimeout, WorkerBrokerError, WorkerDied, WorkerStartError
+from .launcher import WorkerSpec, launch, process_id
+from .pump import Pump
+from .worker import Call, Worker, WorkerInfo, close_fd
+
+log = logging.getLogger("wb_magic")
+
+Target = Any  # a module spec (path, file:// URL, dotted name) or (spec, segregation_id)
+KeySupplier = Callable[[str, "str | None"], Hashable]
+Constructor = Callable[[str, "str | None"], WorkerSpec]
+
+OUTPUT_GRACE = 1.0  # how long a finished call waits for stream output the worker says it sent
+INTERRUPT_GRACE = 5.0  # how long an interrupted call waits for the worker to answer before giving up
+EXIT_GRACE = 2.0  # how long a worker asked to shut down gets before it is killed
+MAX_DRAIN = 256  # messages taken from one socket per turn, so that one chatty worker cannot starve the rest
+
+
+class WorkerBroker:
+    """Runs module functions in worker kernels. See the README for a tour.
+
+    ``worker_key_supplier(module, segregation_id)`` maps targets to worker keys (several modules may share a
+    worker); ``worker_constructor(module, segregation_id)`` returns the `WorkerSpec` to launch a worker with;
+    ``worker_cleaner`` receives every `WorkerEvent`; ``call_timeout`` (seconds) bounds every call unless a
+    proxy sets its own.
+    """
+
+    def __init__(
+        self,
+        worker_key_supplier: KeySupplier | None = None,
+        worker_constructor: Constructor | None = None,
+        worker_cleaner: WorkerCleaner | None = None,
+        call_timeout: float | None = None,
+    ) -> None:
+        self.worker_key_supplier = worker_key_supplier
+        self.worker_constructor = worker_constructor
+        self.worker_cleaner = worker_cleaner
+        self.call_timeout = call_timeout
+        self._context = zmq.Context()
+        self._pump = Pump()
+        self._identity = os.urandom(8).hex().encode()
+        self._workers: dict[Hashable, Worker] = {}
+        self._busters: dict[str, str] = {}
+        self._descriptions: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._lock = threading.RLock()
+        self._end_lock = threading.Lock()
+        self.closed = False
+        _live_brokers.add(self)
+
+    # -- public API -------------------------------------------------------------------------------------------
+
+    def worker_proxy(self, target: Target, *, asynchronous: bool = False, timeout: float | None = None) -> ModuleProxy:
+        """A module-like proxy: ``proxy.fn(*args)`` runs ``fn`` in the target's worker (awaitable if
+        ``asynchronous``). ``timeout`` overrides the broker's ``call_timeout`` for its calls."""
+        return ModuleProxy(self, self._resolve(target), asynchronous=asynchronous, timeout=timeout)
+
+    def worker_fn_proxy(
+        self, target: Target, name: str, *, asynchronous: bool = False, timeout: float | None = None
+    ) -> Callable[..., Any]:
+        """A proxy of one function of the target module."""
+        resolved = self._resolve(target)
+        info = None
+        if not asynchronous:
+            functions = self.describe(resolved)[1]["functions"]
+            if name not in functions:
+                raise AttributeError(f"module {self.module_name(resolved)!r} (in its worker) has no function {name!r}")
+            info = functions[name]
+        return make_function(self, resolved, name, asynchronous=asynchronous, timeout=timeout, info=info)
+
+    def worker_import(self, target: Target, cache_buster: Any = None, *, timeout: float | None = None) -> None:
+        """Import the target's module in its worker without calling anything.
+
+        A truthy ``cache_buster`` is remembered for the module: every later call to any worker of it, through
+        old proxies and new, runs the module re-executed from its current source (its imports are not re-run).
+        """
+        module, segregation_id = self._resolve(target)
+        if cache_buster:
+            self._busters[module] = str(cache_buster)
+        content = {"module": module, "cache_buster": self._busters.get(module)}
+        call = self._round_trip(module, segregation_id, WB_IMPORT, content, [], "<import>", timeout)
+        self._outcome(call)
+
+    def remove_worker(self, target: Target) -> bool:
+        """Shut down the worker of ``target``; its pending calls fail with `WorkerDied`. False if none ran."""
+        module, segregation_id = self._resolve(target)
+        with self._lock:
+            worker = self._workers.pop(self._key(module, segregation_id), None)
+        if worker is None:
+            return False
+        self._shutdown([worker], "it was removed")
+        return True
+
+    def terminate(self) -> None:
+        """Shut down every worker. The broker stays usable: the next call starts a fresh worker."""
+        with self._lock:
+            workers = list(self._workers.values())
+            self._workers.clear()
+        self._shutdown(workers, "the broker was terminated")
+        self._emit("terminate", None)
+
+    def close(self) -> None:
+        """Terminate, and release the broker's own resources. Idempotent."""
+        if self.closed:
+            return
+        self.terminate()
+        self.closed = True
+        self._pump.close()
+        self._context.destroy(linger=0)
+        _live_brokers.discard(self)
+
+    def __enter__(self) -> WorkerBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def workers(self) -> list[WorkerInfo]:
+        """A snapshot of the live workers."""
+        with self._lock:
+            return [w.info() for w in self._workers.values() if not w.dead]
+
+    def worker_for(self, target: Target) -> Worker | None:
+        """The live worker that serves ``target``, if one runs."""
+        module, segregation_id = self._resolve(target)
+        worker = self._workers.get(self._key(module, segregation_id))
+        return worker if worker is not None and not worker.dead else None
+
+    # -- the Caller protocol that proxies use -----------------------------------------------------------------
+
+    def invoke(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
+        module, segregation_id = target
+        buffers: list[Any] = []
+        content = self._call_content(module, segregation_id, function, args, kwargs, buffers)
+        return self._outcome(self._round_trip(module, segregation_id, WB_CALL, content, buffers, function, timeout))
+
+    async def ainvoke(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
+        module, segregation_id = target
+        buffers: list[Any] = []
+        content = self._call_content(module, segregation_id, function, args, kwargs, buffers)
+        loop = asyncio.get_running_loop()
+        worker = self._live_worker(module, segregation_id)
+        if worker is None:  # launching blocks for a moment: not on the event loop
+            worker = await loop.run_in_executor(None, self._worker, module, segregation_id)
+        call = Call(worker.connection.session.new_id(), worker, function, sys.stdout, sys.stderr)  # type: ignore[union-attr]
+        call.loop = loop
+        call.future = loop.create_future()
+        self._pump.async_started()
+        self._send_call(worker, call, WB_CALL, content, buffers, leader=False)
+        timeout = self.call_timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(asyncio.shield(call.future), timeout)
+        except asyncio.TimeoutError:
+            self._abandon(call, CallTimeout(f"{function}() in worker {worker.key!r} took longer than {timeout} s"))
+        except asyncio.CancelledError:
+            self._abandon(call, WorkerBrokerError("cancelled"))
+            raise
+        return self._outcome(call)
+
+    def describe(self, target: Any) -> tuple[Any, dict[str, Any]]:
+        module, segregation_id = target
+        generation = self._busters.get(module)
+        cached = self._descriptions.get(module)
+        if cached is not None and cached[0] == generation:
+            return cached
+        content = {"module": module, "cache_buster": generation}
+        call = self._round_trip(module, segregation_id, WB_INSPECT, content, [], "<inspect>", None)
+        self._outcome(call)
+        found = (generation, _clean_description(call.reply.content))
+        self._descriptions[module] = found
+        return found
+
+    def module_name(self, target: Any) -> str:
+        return module_name_for(target[0])
+
+    # -- targets and workers ------------------------------------------------------------------------------------
+
+    def _resolve(self, target: Target, base: str | None = None) -> tuple[str, str | None]:
+        if isinstance(target, tuple):
+            if len(target) != 2:
+                raise ValueError("a target is a module spec or a (module spec, segregation id) pair")
+            spec, segregation_id = target
+        else:
+            spec, segregation_id = target, None
+        return resolve_module(spec, base), (str(segregation_id) if segregation_id not in (None, "") else None)
+
+    def _key(self, module: str, segregation_id: str | None) -> Hashable:
+        if self.worker_key_supplier is not None:
+            return self.worker_key_supplier(module, segregation_id)
+        return (module, segregation_id)
+
+    def _live_worker(self, module: str, segregation_id: str | None) -> Worker | None:
+        worker = self._workers.get(self._key(module, segregation_id))
+        if worker is None or worker.dead:
+            return None
+        return self._touch(worker, module)
+
+    def _touch(self, worker: Worker, module: str) -> Worker:
+        worker.modules.add(module)
+        worker.last_used = now()
+        if self.worker_cleaner is not None:
+            self._emit("get", worker)
+        return worker
+
+    def _worker(self, module: str, segregation_id: str | None) -> Worker:
+        """The live worker for a target, launched if there is none."""
+        key = self._key(module, segregation_id)
+        with self._lock:
+            worker = self._workers.get(key)
+            if worker is not None and not worker.dead:
+                return self._touch(worker, module)
+            if self.closed:
+                raise WorkerBrokerError("the broker is closed")
+            spec = self.worker_constructor(module, segregation_id) if self.worker_constructor else WorkerSpec()
+            worker = self._start(key, module, segregation_id, spec)
+            self._workers[key] = worker
+        self._emit("create", worker)
+        return worker
+
+    def _start(self, key: Hashable, module: str, segregation_id: str | None, spec: WorkerSpec) -> Worker:
+        if is_file_spec(module) and not os.path.isfile(module):
+            raise FileNotFoundError(f"no module file {module!r}")
+        try:
+            manager = launch(spec)
+        except Exception as exc:
+            raise WorkerStartError(f"could not launch a worker for {module!r}: {exc}") from exc
+        worker = Worker(key, module, segregation_id, spec, manager)
+        worker.connection = WorkerConnection(self._context, manager.get_connection_info(), self._identity)
+        worker.pid = process_id(manager)
+        worker.pidfd = pidfd(worker.pid)
+        log.debug("started worker %r (pid %s) for %s", key, worker.pid, module)
+        conn = worker.connection
+        self._pump.register(conn.shell, lambda: self._on_shell(worker))
+        self._pump.register(conn.iopub, lambda: self._on_iopub(worker))
+        self._pump.register(conn.stdin, lambda: self._on_stdin(worker))
+        self._pump.register(conn.control, lambda: _discard_all(conn.control))
+        if worker.pidfd is not None:
+            self._pump.register(worker.pidfd, lambda: self._on_exit(worker))
+        else:
+            log.warning("cannot watch worker %r's process: a crash is noticed only when a call is made", key)
+        return worker
+
+    def _emit(self, kind: EventType, worker: Worker | None) -> None:
+        if self.worker_cleaner is None:
+            return
+        event = WorkerEvent(
+            kind, self, worker, worker.key if worker else None, worker.module if worker else None,
+            worker.segregation_id if worker else None,
+        )  # fmt: skip
+        try:
+            self.worker_cleaner(event)
+        except Exception:
+            log.exception("the worker cleaner failed on a %s event", kind)
+
+    # -- calls --------------------------------------------------------------------------------------------------
+
+    def _call_content(
+        self, module: str, segregation_id: str | None, function: str, args: tuple, kwargs: dict, buffers: list[Any]
+    ) -> dict[str, Any]:
+        return {
+            "module": module,
+            "cache_buster": self._busters.get(module),
+            "function": function,
+            "args": encode_value(list(args), buffers, "args"),
+            "kwargs": encode_value(kwargs, buffers, "kwargs"),
+            "segregation_id": segregation_id,
+            "source": None,
+        }
+
+    def _send_call(
+        self, worker: Worker, call: Call, msg_type: str, content: dict, buffers: list, *, leader: bool
+    ) -> Callable[[], None] | None:
+        """Register ``call`` on ``worker`` and send it: now (``leader=False``) or as the returned action."""
+        _, frames = worker.connection.session.message(msg_type, content, buffers=buffers, msg_id=call.msg_id)  # type: ignore[union-attr]
+        worker.calls += 1
+        worker.pending[call.msg_id] = call
+
+        def send() -> None:
+            if worker.dead:
+                self._end(call, WorkerDied(f"worker {worker.key!r} ended before the call was sent"))
+                return
+            worker.connection.shell.send_multipart(frames, copy=len(buffers) == 0)  # type: ignore[union-attr]
+
+        if leader:
+            return send
+        self._pump.soon(send)
+        return None
+
+    def _round_trip(
+        self,
+        module: str,
+        segregation_id: str | None,
+        msg_type: str,
+        content: dict[str, Any],
+        buffers: list[Any],
+        function: str,
+        timeout: float | None,
+    ) -> Call:
+        """Send a request to the target's worker and wait for the reply on this thread."""
+        worker = self._worker(module, segregation_id)
+        call = Call(worker.connection.session.new_id(), worker, function, sys.stdout, sys.stderr)  # type: ignore[union-attr]
+        send = self._send_call(worker, call, msg_type, content, buffers, leader=True)
+        timeout = self.call_timeout if timeout is None else timeout
+        deadline = None if timeout is None else now() + timeout
+        try:
+            finished = self._pump.wait(lambda: call.done, deadline, send)
+        except KeyboardInterrupt:
+            self._interrupt(worker)
+            try:
+                self._pump.wait(lambda: call.done, now() + INTERRUPT_GRACE)
+            finally:
+                self._abandon(call, KeyboardInterrupt())
+            raise KeyboardInterrupt from None
+        if not finished:
+            self._interrupt(worker)
+            self._abandon(call, CallTimeout(f"{function}() in worker {worker.key!r} took longer than {timeout} s"))
+        return call
+
+    def _outcome(self, call: Call) -> Any:
+        if call.error is not None:
+            raise call.error
+        msg: Message = call.reply
+        content = msg.content
+        try:
+            if content.get("status") == "ok":
+                return decode_value(content.get("value"), msg.buffers)
+            error = exception_from_wire(content, msg.buffers)
+        except DecodeError as exc:
+            raise WorkerBrokerError(f"worker {call.worker.key!r} sent a reply that is not valid: {exc}") from None
+        raise error
+
+    def _end(self, call: Call, error: BaseException | None = None) -> None:
+        """Finish a call (once): with its reply already set, or with ``error``."""
+        with self._end_lock:
+            if call.done:
+                return
+            call.done = True
+            if error is not None:
+                call.error = error
+        call.worker.pending.pop(call.msg_id, None)
+        if call.on_done is not None:
+            call.on_done(call)
+        if call.future is not None:
+            self._pump.async_ended()
+            call.loop.call_soon_threadsafe(_resolve_future, call.future)
+        self._pump.delivered()
+
+    def _abandon(self, call: Call, error: BaseException) -> None:
+        """The caller stops waiting: the call ends with ``error`` unless it has just ended otherwise."""
+        self._end(call, error)
+
+    def _interrupt(self, worker: Worker) -> None:
+        def send() -> None:
+            if not worker.dead:
+                _, frames = worker.connection.session.message("interrupt_request", {})  # type: ignore[union-attr]
+                worker.connection.control.send_multipart(frames)  # type: ignore[union-attr]
+
+        self._pump.soon(send)
+
+    # -- what the pump dispatches (on the leading thread) -----------------------------------------------------
+
+    def _receive(self, worker: Worker, sock: zmq.Socket) -> Iterator[Message]:
+        session = worker.connection.session  # type: ignore[union-attr]
+        for _ in range(MAX_DRAIN):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                yield session.parse(frames)
+            except WireError as exc:
+                log.warning("dropped a message from worker %r: %s", worker.key, exc)
+        self._pump.soon(lambda: None)  # more may be waiting: come back after the others had a turn
+
+    def _on_shell(self, worker: Worker) -> None:
+        for msg in self._receive(worker, worker.connection.shell):  # type: ignore[union-attr]
+            worker.answered = True
+            call = worker.pending.get(msg.parent_id)
+            if call is None or call.reply is not None:
+                log.debug("dropped a %s from worker %r for no pending call", msg.msg_type, worker.key)
+                continue
+            call.reply = msg
+            expected = msg.content.get("outputs", 0)
+            if type(expected) is int and call.outputs < expected:
+                self._pump.at(now() + OUTPUT_GRACE, lambda call=call: self._end(call))  # type: ignore[misc]
+            else:
+                self._end(call)
+
+    def _on_iopub(self, worker: Worker) -> None:
+        for msg in self._receive(worker, worker.connection.iopub):  # type: ignore[union-attr]
+            if msg.msg_type != "stream":
+                continue  # text only: a worker never gets to put HTML or JavaScript in front of the user
+            text, name = msg.content.get("text"), msg.content.get("name")
+            if not isinstance(text, str):
+                continue
+            call = worker.pending.get(msg.parent_id)
+            target = (call.stderr if name == "stderr" else call.stdout) if call is not None else None
+            if target is None:
+                target = sys.stderr if name == "stderr" else sys.stdout
+            try:
+                target.write(text)
+            except Exception:
+                log.exception("could not show output from worker %r", worker.key)
+            if call is not None:
+                call.outputs += 1
+                expected = call.reply.content.get("outputs", 0) if call.reply is not None else None
+                if expected is not None and call.outputs >= expected:
+                    self._end(call)
+
+    def _on_stdin(self, worker: Worker) -> None:
+        for msg in self._receive(worker, worker.connection.stdin):  # type: ignore[union-attr]
+            if msg.msg_type == WB_BROKER:
+                self._route(worker, msg)
+            else:
+                log.debug("dropped a %s on stdin from worker %r", msg.msg_type, worker.key)
+
+    def _route(self, source: Worker, msg: Message) -> None:
+        """A worker calls another: resolve the target against the caller's module, stamp the caller, send."""
+        c = msg.content
+
+        def answer(content: dict[str, Any], buffers: list[Any] | tuple = ()) -> None:
+            if not source.dead:
+                _, frames = source.connection.session.message(  # type: ignore[union-attr]
+                    "wb_broker_reply", content, parent=msg.header, buffers=buffers
+                )
+                source.connection.stdin.send_multipart(frames, copy=not buffers)  # type: ignore[union-attr]
+
+        try:
+            spec, function, timeout = c.get("target"), c.get("function"), c.get("timeout")
+            if not isinstance(spec, str) or not isinstance(function, str):
+                raise TypeError("a worker-to-worker call needs a target and a function name")
+            if timeout is not None and not isinstance(timeout, (int, float)):
+                raise TypeError("timeout must be a number of seconds")
+            caller_module = c.get("source_module") if c.get("source_module") in source.modules else source.module
+            module, segregation_id = self._resolve((spec, c.get("segregation_id")), base=caller_module)
+            target = self._worker(module, segregation_id)
+        except Exception as exc:
+            answer({"status": "error", **exception_to_wire(exc, [])})
+            return
+        origin = source.pending.get(msg.parent_id)
+        call = Call(target.connection.session.new_id(), target, function, origin.stdout if origin else None,  # type: ignore[union-attr]
+                    origin.stderr if origin else None)  # fmt: skip
+
+        def relay(call: Call) -> None:
+            if call.error is not None:
+                answer({"status": "error", **exception_to_wire(call.error, [])})
+            else:
+                reply = call.reply.content
+                answer({k: reply[k] for k in _RELAYED if k in reply}, call.reply.buffers)
+
+        call.on_done = relay
+        content = {
+            "module": module,
+            "cache_buster": self._busters.get(module),
+            "function": function,
+            "args": c.get("args", []),
+            "kwargs": c.get("kwargs", {}),
+            "segregation_id": segregation_id,
+            "source": {"module": caller_module, "segregation_id": source.segregation_id},
+        }
+        send = self._send_call(target, call, WB_CALL, content, msg.buffers, leader=True)
+        send()  # type: ignore[misc]
+        if timeout:
+            error = CallTimeout(f"{function}() in worker {target.key!r} took longer than {timeout} s")
+            self._pump.at(now() + timeout, lambda: (self._end(call, error), self._interrupt(target)))  # type: ignore[func-returns-value]
+
+    def _on_exit(self, worker: Worker) -> None:
+        self._discard(worker, f"it ended ({worker.exit_status()})")
+
+    def _discard(self, worker: Worker, why: str) -> None:
+        """Forget a worker whose process has ended or is ending: fail its calls, close its sockets. On the pump."""
+        with worker.lock:
+            if worker.dead:
+                return
+            worker.dead = True
+        log.debug("worker %r: %s", worker.key, why)
+        for call in list(worker.pending.values()):
+            self._end(call, WorkerDied(f"worker {worker.key!r} running {call.function}(): {why}"))
+        if worker.pidfd is not None:
+            self._pump.unregister(worker.pidfd)
+            close_fd(worker.pidfd)
+        if worker.connection is not None:
+            for sock in worker.connection.sockets:
+                self._pump.unregister(sock)
+            worker.connection.close()
+        with self._lock:
+            if self._workers.get(worker.key) is worker:
+                del self._workers[worker.key]
+        if worker.manager is not None:
+            process = getattr(worker.manager.provisioner, "process", None)
+            if process is not None:
+                process.poll()  # reap it
+            try:
+                worker.manager.cleanup_resources()
+            except Exception:
+                log.debug("cleaning up after worker %r failed", worker.key, exc_info=True)
+        self._emit("remove", worker)
+
+    def _shutdown(self, workers: list[Worker], why: str) -> None:
+        """Ask workers to shut down, kill those that do not within EXIT_GRACE, and discard them."""
+        for worker in workers:
+            self._pump.soon(lambda worker=worker: self._request_shutdown(worker))  # type: ignore[misc]
+        deadline = now() + EXIT_GRACE
+        for worker in workers:
+            process = getattr(worker.manager.provisioner, "process", None) if worker.manager else None
+            if process is not None:
+                try:
+                    process.wait(max(0.0, deadline - now()))
+                except Exception:
+                    process.kill()
+                    process.wait()
+            elif worker.manager is not None:
+                worker.manager.shutdown_kernel(now=True)
+            self._pump.soon(lambda worker=worker: self._discard(worker, why))  # type: ignore[misc]
+
+    def _request_shutdown(self, worker: Worker) -> None:
+        if not worker.dead:
+            _, frames = worker.connection.session.message("shutdown_request", {"restart": False})  # type: ignore[union-attr]
+            worker.connection.control.send_multipart(frames)  # type: ignore[union-attr]
+
+
+_RELAYED = ("status", "value", "ename", "emodule", "evalue", "eargs", "traceback")
+
+
+def _resolve_future(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _discard_all(sock: zmq.Socket) -> None:
+    while True:
+        try:
+            sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+
+
+def _clean_description(content: dict[str, Any]) -> dict[str, Any]:
+    """Keep only well-formed entries of a worker's module description: it is not trusted."""
+    functions = {}
+    raw = content.get("functions")
+    for name, info in (raw.items() if isinstance(raw, dict) else ()):
+        if isinstance(name, str) and name.isidentifier() and isinstance(info, dict):
+            functions[name] = {
+                "signature": str(info.get("signature", ""))[:10_000],
+                "doc": str(info.get("doc", ""))[:100_000],
+                "is_async": bool(info.get("is_async", False)),
+            }
+    return {"name": str(content.get("name", "")), "functions": functions}
+
+
+_live_brokers: weakref.WeakSet[WorkerBroker] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for broker in list(_live_brokers):
+        try:
+            broker.close()
+        except Exception:
+            pass

@@ -1,0 +1,70 @@
+"""The broker's side of one worker: its sockets, its process, and the calls waiting on it.
+
+Every connection is opened by the broker (the kernel binds, the broker connects), so a worker on another host
+needs no route back. Shell and stdin share one routing identity, as jupyter_client arranges it, so that the
+worker can address its stdin requests to us.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import zmq
+
+from worker_kernel.wire import Session
+
+# ZeroMQ retries a refused connection after RECONNECT_IVL (100 ms by default). A worker binds its sockets some
+# 50 ms after launch, so we retry much sooner: this is what makes the first call fast without wait_for_ready.
+RECONNECT_MS = 2
+MAX_MESSAGE_BYTES = 1 << 30  # a frame larger than this from a worker is refused by ZeroMQ itself
+
+
+class WorkerConnection:
+    """Sockets to one kernel. Owned by the broker's pump: only the thread leading the pump touches them."""
+
+    def __init__(self, context: zmq.Context, info: dict[str, Any], identity: bytes) -> None:
+        self.info = info
+        self.session = Session(str(info.get("key", "")).encode() if not isinstance(info.get("key"), bytes) else info["key"])
+        self.shell = self._connect(context, zmq.DEALER, "shell", identity)
+        self.stdin = self._connect(context, zmq.DEALER, "stdin", identity)
+        self.control = self._connect(context, zmq.DEALER, "control", identity)
+        self.iopub = self._connect(context, zmq.SUB, "iopub", None)
+        self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
+
+    def _connect(self, context: zmq.Context, kind: int, channel: str, identity: bytes | None) -> zmq.Socket:
+        sock = context.socket(kind)
+        sock.linger = 0
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        if identity is not None:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        transport = self.info.get("transport", "tcp")
+        ip = self.info.get("ip", "127.0.0.1")
+        port = self.info[f"{channel}_port"]
+        sock.connect(f"tcp://{ip}:{port}" if transport == "tcp" else f"{transport}://{ip}-{port}")
+        return sock
+
+    @property
+    def sockets(self) -> tuple[zmq.Socket, ...]:
+        return (self.shell, self.stdin, self.control, self.iopub)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close(linger=0)
+
+
+def pidfd(pid: int | None) -> int | None:
+    """A file descriptor that turns readable when process ``pid`` ends (Linux 5.3+), or None."""
+    if pid is None or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def now() -> float:
+    return time.monotonic()

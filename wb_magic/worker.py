@@ -1,0 +1,116 @@
+"""One worker as the broker sees it: its key, its kernel, its sockets and the calls in flight."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, TextIO
+
+from jupyter_client.manager import KernelManager
+
+from .connection import WorkerConnection
+from .launcher import WorkerSpec
+
+
+class Call:
+    """One request in flight to a worker. Ended by the pump with a reply message or an exception."""
+
+    __slots__ = (
+        "msg_id", "worker", "function", "reply", "error", "done", "outputs", "stdout", "stderr",
+        "future", "loop", "on_done",
+    )  # fmt: skip
+
+    def __init__(self, msg_id: str, worker: Worker, function: str, stdout: TextIO | None, stderr: TextIO | None) -> None:
+        self.msg_id = msg_id
+        self.worker = worker
+        self.function = function
+        self.reply: Any = None  # the reply Message once it arrived
+        self.error: BaseException | None = None
+        self.done = False
+        self.outputs = 0  # stream messages seen for this call
+        self.stdout = stdout
+        self.stderr = stderr
+        self.future: Any = None
+        self.loop: Any = None
+        self.on_done: Callable[[Call], None] | None = None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A snapshot of one worker, as ``broker.workers`` lists them."""
+
+    key: Any
+    module: str
+    segregation_id: str | None
+    pid: int | None
+    state: str
+    calls: int
+    pending: int
+    last_used: float
+
+
+class Worker:
+    """A live worker kernel. ``state`` is ``starting`` (no reply yet), ``idle``, ``busy``, or ``dead``."""
+
+    def __init__(
+        self, key: Any, module: str, segregation_id: str | None, spec: WorkerSpec, manager: KernelManager | None
+    ) -> None:
+        self.key = key
+        self.module = module
+        self.modules = {module}
+        self.segregation_id = segregation_id
+        self.spec = spec
+        self.manager = manager
+        self.connection: WorkerConnection | None = None
+        self.pid: int | None = None
+        self.pidfd: int | None = None
+        self.pending: dict[str, Call] = {}
+        self.answered = False
+        self.dead = False
+        self.exit_reason: str | None = None
+        self.calls = 0
+        self.created = time.time()
+        self.last_used = self.created
+        self.lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        if self.dead:
+            return "dead"
+        if self.pending:
+            return "busy"
+        return "idle" if self.answered else "starting"
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            self.key, self.module, self.segregation_id, self.pid, self.state, self.calls, len(self.pending),
+            self.last_used,
+        )  # fmt: skip
+
+    def exit_status(self) -> str:
+        """How the process ended, for error messages: an exit code or a signal name."""
+        process = getattr(self.manager.provisioner, "process", None) if self.manager else None
+        code = process.poll() if process is not None else None
+        if code is None:
+            return "it stopped answering"
+        if code < 0:
+            import signal
+
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.key!r} pid={self.pid} {self.state}>"
+
+
+def close_fd(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
