@@ -99,5 +99,5 @@ def complete(namespace: dict[str, Any], content: dict[str, Any]) -> dict[str, An
     completer = rlcompleter.Completer(namespace)
     matches: list[str] = []
     while (match := completer.complete(text, len(matches))) is not None and len(matches) < 500:
-        matches.append(match)
+        matches.append(match.rstrip(" ("))
     return {"status": "ok", "matches": matches, "cursor_start": start, "cursor_end": cursor, "metadata": {}}

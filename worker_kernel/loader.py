@@ -79,6 +79,8 @@ def load_module(canonical: str, *, fresh: bool = False) -> ModuleType:
         return importlib.import_module(canonical)
     name = module_name_for(canonical)
     taken = sys.modules.get(name)
+    if not fresh and taken is not None and getattr(taken, "__file__", None) == path:
+        return taken  # already imported (as another module's dependency, or as the hooks)
     if taken is not None and getattr(taken, "__file__", None) != path:
         name = f"wb_target_{name}"  # a file named like a loaded module (json.py, say) must not replace it
     module = ModuleType(name)

@@ -1,0 +1,27 @@
+# wb-magic: `make demo` runs the tour, `make test` sets up .venv from scratch and runs every check.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m examples.tour
+
+lint: $(STAMP)
+	$(BIN)/ruff check wb_magic worker_kernel tests examples
+	$(BIN)/ruff format --check wb_magic worker_kernel tests examples
+	$(BIN)/mypy
+
+test: lint
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,123 @@
+"""The worker kernel alone, spoken to by jupyter_client as any Jupyter kernel would be."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jupyter_kernel_test
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _spec(kernel_spec_dir):
+    return kernel_spec_dir
+
+
+class TestWorkerKernelSpec(jupyter_kernel_test.KernelTests):
+    """jupyter_kernel_test's own suite: kernel info, stdout, stderr, errors, results, completion."""
+
+    kernel_name = "wb-worker"
+    language_name = "python"
+    file_extension = ".py"
+    code_hello_world = "print('hello, world')"
+    code_stderr = "import sys; print('test', file=sys.stderr)"
+    code_generate_error = "raise ValueError('boom')"
+    code_execute_result = [{"code": "6*7", "result": "42"}, {"code": "x = 1\nx + 1", "result": "2"}]
+    completion_samples = [{"text": "impo", "matches": {"import"}}, {"text": "pri", "matches": {"print"}}]
+    complete_code_samples = ["1", "print('hello, world')", "def f(x):\n  return x*2\n\n"]
+    incomplete_code_samples = ["def f(x):", "print('''hello"]
+    invalid_code_samples = ["import = 7q"]
+
+
+def _client(kernel_spec_dir):
+    return start_new_kernel(kernel_name="wb-worker", startup_timeout=30)
+
+
+def test_unknown_message_type_gets_an_error_reply(kernel_spec_dir):
+    km, kc = _client(kernel_spec_dir)
+    try:
+        msg = kc.session.msg("no_such_request", {})
+        kc.shell_channel.send(msg)
+        reply = kc.get_shell_msg(timeout=10)
+        assert reply["parent_header"]["msg_id"] == msg["header"]["msg_id"]
+        assert reply["msg_type"] == "no_such_reply"
+        assert reply["content"]["status"] == "error"
+        assert "no_such_request" in reply["content"]["evalue"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_wb_messages_on_the_shell_channel(kernel_spec_dir, workers_dir):
+    km, kc = _client(kernel_spec_dir)
+    module = str(workers_dir / "hello.py")
+    try:
+        kc.shell_channel.send(kc.session.msg("wb_inspect_request", {"module": module}))
+        functions = kc.get_shell_msg(timeout=10)["content"]["functions"]
+        assert functions["hello"]["signature"] == "(name: str, greeting: str = 'Hello') -> str"
+        assert functions["ahello"]["is_async"] is True
+        call = {"module": module, "function": "hello", "args": ["World"], "kwargs": {}}
+        kc.shell_channel.send(kc.session.msg("wb_call_request", call))
+        reply = kc.get_shell_msg(timeout=10)
+        assert reply["msg_type"] == "wb_call_reply"
+        assert reply["content"]["value"] == "Hello World"
+        # execute_request runs in the target module's namespace: a console sees the worker's state
+        reply = kc.execute_interactive("hello('console')", timeout=10, output_hook=lambda m: None)
+        assert reply["content"]["status"] == "ok"
+        kc.execute("greeting_seen = hello('x')", reply=True, timeout=10)
+        kc.shell_channel.send(kc.session.msg("wb_call_request", {**call, "function": "nope"}))
+        reply = kc.get_shell_msg(timeout=10)["content"]
+        assert reply["status"] == "error" and reply["ename"] == "AttributeError"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_interrupt_message_stops_running_code(kernel_spec_dir):
+    km, kc = _client(kernel_spec_dir)
+    try:
+        msg_id = kc.execute("import time\nprint('go', flush=True)\nwhile True: time.sleep(0.01)")
+        while True:  # wait for the code to be running: its first output
+            out = kc.get_iopub_msg(timeout=10)
+            if out["msg_type"] == "stream":
+                break
+        kc.control_channel.send(kc.session.msg("interrupt_request", {}))
+        reply = kc.get_shell_msg(timeout=10)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert kc.execute_interactive("1", timeout=10)["content"]["status"] == "ok"  # still serving
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_importing_worker_kernel_stays_light():
+    code = (
+        "import sys, worker_kernel, worker_kernel.kernel;"
+        "heavy = {'IPython', 'jupyter_client', 'numpy', 'traitlets', 'tornado', 'ipykernel'} & set(sys.modules);"
+        "print(sorted(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_worker_exits_when_its_host_dies(tmp_path, workers_dir):
+    """A worker launched by a process that is killed must not outlive it."""
+    script = (
+        "import os, sys\n"
+        "from wb_magic import WorkerBroker\n"
+        "b = WorkerBroker()\n"
+        f"print(b.worker_proxy({str(workers_dir / 'values.py')!r}).pid(), flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    host = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    worker_pid = int(host.stdout.strip())
+    import psutil
+
+    try:
+        process = psutil.Process(worker_pid)
+    except psutil.NoSuchProcess:
+        return
+    process.wait(timeout=30)  # raises if the worker lives on

@@ -1,0 +1,81 @@
+"""Functions that hand values back, raise, print and misbehave, for the broker's tests."""
+
+import os
+import signal
+import sys
+import time
+
+
+def echo(value):
+    return value
+
+
+def echo_many(*args, **kwargs):
+    return [list(args), kwargs]
+
+
+def nothing():
+    return None
+
+
+def raise_builtin(kind: str, message: str):
+    raise {"ValueError": ValueError, "KeyError": KeyError, "PermissionError": PermissionError}[kind](message)
+
+
+class CustomError(Exception):
+    pass
+
+
+def raise_custom(message: str):
+    raise CustomError(message)
+
+
+def exit_worker():
+    sys.exit(3)
+
+
+def unsendable():
+    return object()
+
+
+def talk(lines: int):
+    for i in range(lines):
+        print(f"line {i}")
+    print("to stderr", file=sys.stderr)
+    return lines
+
+
+def crash():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def block_until_interrupted():
+    print("started", flush=True)
+    try:
+        while True:
+            time.sleep(0.01)
+    except KeyboardInterrupt:
+        return "interrupted"
+
+
+def slow(seconds: float):
+    time.sleep(seconds)
+    return seconds
+
+
+def pid():
+    return os.getpid()
+
+
+def array_sum(array):
+    return float(array.sum())
+
+
+def make_array(n: int):
+    import numpy
+
+    return numpy.arange(n, dtype="float64").reshape(-1, 2)
+
+
+def environment(name: str):
+    return os.environ.get(name)
