@@ -177,8 +177,10 @@ class WorkerBroker:
         try:
             await asyncio.wait_for(asyncio.shield(call.future), timeout)
         except asyncio.TimeoutError:
+            self._interrupt(worker, call)
             self._abandon(call, CallTimeout(f"{function}() in worker {worker.key!r} took longer than {timeout} s"))
         except asyncio.CancelledError:
+            self._interrupt(worker, call)
             self._abandon(call, WorkerBrokerError("cancelled"))
             raise
         return self._outcome(call)
@@ -331,14 +333,14 @@ class WorkerBroker:
         try:
             finished = self._pump.wait(lambda: call.done, deadline, send)
         except KeyboardInterrupt:
-            self._interrupt(worker)
+            self._interrupt(worker, call)
             try:
                 self._pump.wait(lambda: call.done, now() + INTERRUPT_GRACE)
             finally:
                 self._abandon(call, KeyboardInterrupt())
             raise KeyboardInterrupt from None
         if not finished:
-            self._interrupt(worker)
+            self._interrupt(worker, call)
             self._abandon(call, CallTimeout(f"{function}() in worker {worker.key!r} took longer than {timeout} s"))
         return call
 
@@ -375,10 +377,13 @@ class WorkerBroker:
         """The caller stops waiting: the call ends with ``error`` unless it has just ended otherwise."""
         self._end(call, error)
 
-    def _interrupt(self, worker: Worker) -> None:
+    def _interrupt(self, worker: Worker, call: Call | None = None) -> None:
+        """Interrupt one call in the worker (or all it runs): other callers' interleaved calls go on."""
+        content = {"wb_call_id": call.msg_id} if call is not None else {}
+
         def send() -> None:
             if not worker.dead:
-                _, frames = worker.connection.session.message("interrupt_request", {})  # type: ignore[union-attr]
+                _, frames = worker.connection.session.message("interrupt_request", content)  # type: ignore[union-attr]
                 worker.connection.control.send_multipart(frames)  # type: ignore[union-attr]
 
         self._pump.soon(send)
@@ -488,7 +493,7 @@ class WorkerBroker:
         send()  # type: ignore[misc]
         if timeout:
             error = CallTimeout(f"{function}() in worker {target.key!r} took longer than {timeout} s")
-            self._pump.at(now() + timeout, lambda: (self._end(call, error), self._interrupt(target)))  # type: ignore[func-returns-value]
+            self._pump.at(now() + timeout, lambda: (self._end(call, error), self._interrupt(target, call)))  # type: ignore[func-returns-value]
 
     def _on_exit(self, worker: Worker) -> None:
         self._discard(worker, f"it ended ({worker.exit_status()})")

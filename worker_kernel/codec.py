@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any, Callable
 
-from .errors import RemoteError
+from .errors import CallTimeout, RemoteError, WorkerBrokerError, WorkerDied, WorkerStartError
 
 TAG = "$w"
 _PLAIN = (str, int, float, bool, type(None))
@@ -228,9 +228,20 @@ def decode_value(data: Any, buffers: list[Any]) -> Any:
 _NOT_REBUILT = {"SystemExit", "KeyboardInterrupt", "GeneratorExit", "StopIteration", "StopAsyncIteration"}
 
 
+_OWN_ERRORS: dict[str, Callable[[str], BaseException]] = {
+    "CallTimeout": CallTimeout,
+    "WorkerDied": WorkerDied,
+    "WorkerStartError": WorkerStartError,
+    "WorkerBrokerError": WorkerBrokerError,
+}
+
+
 def exception_to_wire(exc: BaseException, buffers: list[Any]) -> dict[str, Any]:
     """The Jupyter error fields (ename, evalue, traceback) plus what is needed to rebuild the type."""
     cls = type(exc)
+    if cls.__module__.startswith("worker_kernel.") and cls.__module__ != "worker_kernel.errors":
+        # our own internal types (Unencodable, DecodeError) travel as the built-in type they specialise
+        cls = next(c for c in cls.__mro__ if c.__module__ == "builtins")
     tb_lines = traceback.format_exception(exc)
     try:
         args = encode_value(list(exc.args), buffers, "args")
@@ -261,6 +272,8 @@ def exception_from_wire(content: dict[str, Any], buffers: list[Any]) -> BaseExce
             exc = cls(*args) if isinstance(args, list) else cls(message)
         except Exception:
             exc = cls(message)
+    if exc is None and module == "worker_kernel.errors" and name in _OWN_ERRORS:
+        exc = _OWN_ERRORS[name](message)  # e.g. a CallTimeout from a worker-to-worker call inside the worker
     if exc is None:
         qual = f"{module}.{name}" if module and module != "builtins" else name
         exc = RemoteError(qual, message, remote_tb)

@@ -49,6 +49,7 @@ class WorkerKernel:
         self.context = zmq.Context()
         self.execution_count = 0
         self._sync_depth = 0  # > 0 while a synchronous call or execute runs on the main thread
+        self._sync_calls: list[str] = []  # ids of the synchronous calls running, innermost last
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._waiting: dict[str, Any] = {}  # wb_broker_request id -> asyncio future, or None for a sync wait
         self._answers: dict[str, Message] = {}
@@ -229,6 +230,7 @@ class WorkerKernel:
         request_token = current_request.set(request)
         call_token = current.set(context)
         self._sync_depth += 1
+        self._sync_calls.append(msg.msg_id)
         try:
             self.runner.before(context)
             try:
@@ -241,6 +243,7 @@ class WorkerKernel:
             self._error_reply(self.shell, msg, exc, request)
             return
         finally:
+            self._sync_calls.pop()
             current.reset(call_token)
             current_request.reset(request_token)
         self._sync_depth -= 1
@@ -409,14 +412,18 @@ class WorkerKernel:
                 log.exception("handling %s failed", msg.msg_type)
 
     def _interrupt(self, msg: Message) -> None:
+        """Interrupt everything running, or with ``wb_call_id`` (our extension) that one call only."""
         self._reply(self.control, msg, {"status": "ok"})
-        self.loop.call_soon_threadsafe(self._cancel_tasks)
-        if self._sync_depth > 0:
+        call_id = msg.content.get("wb_call_id")
+        self.loop.call_soon_threadsafe(self._cancel_tasks, call_id)
+        running = self._sync_calls[-1] if self._sync_calls else None
+        if self._sync_depth > 0 and (call_id is None or call_id == running):
             signal.pthread_kill(self._main_thread, signal.SIGINT)
 
-    def _cancel_tasks(self) -> None:
-        for task in list(self._tasks.values()):
-            task.cancel()
+    def _cancel_tasks(self, call_id: str | None) -> None:
+        for key, task in list(self._tasks.items()):
+            if call_id is None or key == call_id:
+                task.cancel()
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._sync_depth > 0:

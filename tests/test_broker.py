@@ -1,0 +1,291 @@
+"""The broker with real worker kernels: proxies, values, errors, faults, output."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import io
+import logging
+import os
+import signal
+import threading
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wb_magic import CallTimeout, RemoteError, WorkerBroker, WorkerDied, register_marshaller
+
+
+@pytest.fixture
+def values(broker, workers_dir):
+    return broker.worker_proxy(workers_dir / "values.py")
+
+
+def test_module_and_function_proxies(broker, workers_dir):
+    hello = broker.worker_proxy(str(workers_dir / "hello.py"))
+    assert hello.hello("World") == "Hello World"
+    fn = broker.worker_fn_proxy(workers_dir / "hello.py", "hello")
+    assert fn("World", greeting="Hi") == "Hi World"
+    url = broker.worker_proxy((workers_dir / "hello.py").as_uri())
+    assert url.hello("URL") == "Hello URL"
+    assert len(broker.workers) == 1  # one module, one worker, whichever way it was named
+
+
+def test_dotted_module_names(broker, workers_dir, monkeypatch):
+    monkeypatch.syspath_prepend(str(workers_dir))
+    monkeypatch.setenv("PYTHONPATH", str(workers_dir))
+    assert broker.worker_proxy("hello").hello("dotted") == "Hello dotted"
+
+
+def test_async_proxies(broker, workers_dir):
+    async def main():
+        ahello = broker.worker_proxy(workers_dir / "hello.py", asynchronous=True)
+        fn = broker.worker_fn_proxy(workers_dir / "hello.py", "ahello", asynchronous=True)
+        return await asyncio.gather(ahello.hello("World"), ahello.ahello("async"), fn("fn"))
+
+    assert asyncio.run(main()) == ["Hello World", "Hello async", "Hello fn"]
+
+
+def test_introspection_shows_the_remote_module(broker, workers_dir):
+    hello = broker.worker_proxy(workers_dir / "hello.py")
+    assert {"hello", "ahello"} <= set(dir(hello))
+    assert str(inspect.signature(hello.hello)) == "(name: str, greeting: str = 'Hello') -> str"
+    assert hello.hello.__doc__ == "Greet someone by name."
+    text = io.StringIO()
+    import pydoc
+
+    text.write(pydoc.render_doc(hello.hello, renderer=pydoc.plaintext))
+    assert "Greet someone by name." in text.getvalue()
+    with pytest.raises(AttributeError, match="'hello'.*no function 'nope'"):
+        hello.nope  # noqa: B018
+
+
+def test_segregated_workers_keep_their_own_state(broker, workers_dir):
+    plain = broker.worker_proxy(workers_dir / "counter.py")
+    alice = broker.worker_proxy((workers_dir / "counter.py", "alice"))
+    bob = broker.worker_proxy((workers_dir / "counter.py", "bob"))
+    assert [plain.increment(), plain.increment(), alice.increment(), bob.increment(), alice.increment()] == [
+        1,
+        2,
+        1,
+        1,
+        2,
+    ]
+    pids = {w.pid for w in broker.workers}
+    assert len(pids) == 3
+    empty = broker.worker_proxy((workers_dir / "counter.py", ""))
+    assert empty.increment() == 3  # an empty segregation id counts as none, as in the seed
+
+
+def test_worker_key_supplier_shares_one_worker(workers_dir):
+    with WorkerBroker(worker_key_supplier=lambda module, sid: "shared") as broker:
+        a = broker.worker_proxy(workers_dir / "values.py")
+        b = broker.worker_proxy(workers_dir / "hello.py")
+        assert a.pid() == broker.worker_proxy(workers_dir / "values.py").pid()
+        assert b.hello("x") == "Hello x"
+        assert len(broker.workers) == 1
+        assert broker.workers[0].key == "shared"
+
+
+def test_values_cross_both_ways(values):
+    sample = [
+        None,
+        True,
+        2**100,
+        -1.5,
+        float("inf"),
+        "ünïcode",
+        b"\x00bytes",
+        bytearray(b"ba"),
+        (1, (2, 3)),
+        {1: "int key", (1, 2): "tuple key", "$w": "tag-like key"},
+        {"nested": [{"set": {1, 2}}, frozenset({"x"})]},
+        3 + 4j,
+        dt.datetime(2026, 11, 27, 12, 30, tzinfo=dt.timezone.utc),
+        dt.date(2026, 1, 1),
+        dt.time(12, 0),
+        dt.timedelta(days=2, seconds=3),
+        Decimal("1.10"),
+        __import__("uuid").UUID(int=7),
+        Path("/tmp/x"),
+    ]
+    assert values.echo(sample) == sample
+    assert values.echo(None) is None
+    assert values.nothing() is None
+    nan = values.echo(float("nan"))
+    assert nan != nan
+    assert values.echo_many(1, 2, key="word") == [[1, 2], {"key": "word"}]
+
+
+def test_numpy_arrays_cross_as_frames(values):
+    array = np.arange(12, dtype=np.int32).reshape(3, 4)
+    back = values.echo(array)
+    assert back.dtype == array.dtype and back.shape == (3, 4) and (back == array).all()
+    assert values.array_sum(np.ones((100, 100))) == 10_000.0
+    assert values.make_array(6).shape == (3, 2)
+    big = np.random.default_rng(1).random(1_000_000)
+    assert (values.echo(big) == big).all()
+    with pytest.raises(TypeError, match=r"numpy.ndarray.*args\[0\]"):
+        values.echo(np.array([object()], dtype=object))
+
+
+def test_unsendable_values_fail_the_call_with_their_place(values):
+    with pytest.raises(TypeError, match=r"'threading.Lock'.*args\[0\]\['a'\]\[1\]|lock.*args\[0\]\['a'\]\[1\]"):
+        values.echo({"a": [1, threading.Lock()]})
+    with pytest.raises(TypeError, match=r"builtins.object.*the result"):
+        values.unsendable()
+    assert values.echo("still fine") == "still fine"  # nothing was lost
+
+
+def test_registered_marshallers(values):
+    class Point:
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+    register_marshaller("test.point", Point, lambda p: [p.x, p.y], lambda v: tuple(v))
+    # the worker has no marshaller for the tag: the call fails with a clear error, the worker lives on
+    with pytest.raises(ValueError, match="unknown value tag 'test.point'"):
+        values.echo(Point(1, 2))
+    assert values.echo(1) == 1
+
+
+def test_builtin_exceptions_arrive_as_themselves(values):
+    with pytest.raises(ValueError, match="bad value") as info:
+        values.raise_builtin("ValueError", "bad value")
+    assert "raise_builtin" in info.value.remote_traceback
+    with pytest.raises(KeyError):
+        values.raise_builtin("KeyError", "k")
+    with pytest.raises(PermissionError, match="denied"):
+        values.raise_builtin("PermissionError", "denied")
+
+
+def test_other_exceptions_arrive_as_remote_error(values):
+    with pytest.raises(RemoteError, match="values.CustomError: custom") as info:
+        values.raise_custom("custom")
+    assert info.value.type_name == "values.CustomError"
+    assert "raise_custom" in info.value.remote_traceback
+
+
+def test_a_worker_cannot_end_its_caller(values):
+    with pytest.raises(RemoteError, match="SystemExit"):
+        values.exit_worker()
+    assert values.echo(1) == 1
+
+
+def test_worker_death_fails_the_call_and_the_next_call_starts_afresh(broker, values):
+    first = values.pid()
+    with pytest.raises(WorkerDied, match="SIGKILL"):
+        values.crash()
+    assert values.pid() != first
+    assert len(broker.workers) == 1
+
+
+def test_call_timeout_and_per_call_override(workers_dir):
+    with WorkerBroker(call_timeout=0.5) as broker:
+        values = broker.worker_proxy(workers_dir / "values.py")
+        with pytest.raises(CallTimeout) as info:
+            values.block_until_interrupted()
+        assert isinstance(info.value, TimeoutError)
+        assert values.echo("usable") == "usable"  # the stuck call was interrupted
+        assert values.slow.with_timeout(30)(0.6) == 0.6
+        patient = broker.worker_proxy(workers_dir / "values.py", timeout=30)
+        assert patient.slow(0.6) == 0.6
+
+
+def test_async_timeout(workers_dir):
+    with WorkerBroker() as broker:
+        values = broker.worker_proxy(workers_dir / "values.py", asynchronous=True, timeout=0.5)
+
+        async def main():
+            with pytest.raises(CallTimeout):
+                await values.block_until_interrupted()
+            return await values.echo("after")
+
+        assert asyncio.run(main()) == "after"
+
+
+class _Trigger(io.StringIO):
+    """A stdout that sends the test process SIGINT (a Ctrl-C) when the worker says it has started."""
+
+    def write(self, text):
+        if "started" in text:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().write(text)
+
+
+def test_keyboard_interrupt_interrupts_the_workers_call(values, monkeypatch):
+    monkeypatch.setattr("sys.stdout", _Trigger())
+    with pytest.raises(KeyboardInterrupt):
+        values.block_until_interrupted()
+    monkeypatch.undo()
+    assert values.echo("alive") == "alive"
+
+
+def test_prints_reach_the_callers_streams(values, capsys):
+    assert values.talk(3) == 3
+    out, err = capsys.readouterr()
+    assert out == "line 0\nline 1\nline 2\n"
+    assert err == "to stderr\n"
+
+
+def test_remove_and_terminate(broker, values, workers_dir):
+    pid = values.pid()
+    assert broker.remove_worker(workers_dir / "values.py") is True
+    assert broker.remove_worker(workers_dir / "values.py") is False
+    assert values.pid() != pid
+    broker.terminate()
+    assert broker.workers == []
+    assert values.echo("usable after terminate") == "usable after terminate"
+
+
+def test_hooks_run_around_every_call(workers_dir):
+    from wb_magic import WorkerSpec
+
+    spec = WorkerSpec(hooks=str(workers_dir / "hooks.py"))
+    with WorkerBroker(worker_constructor=lambda module, sid: spec) as broker:
+        hooks = broker.worker_proxy(workers_dir / "hooks.py")
+        with pytest.raises(RuntimeError):
+            hooks.fail()
+        assert hooks.history() == ["initial", "before fail", "after fail", "before history"]
+
+
+def test_worker_constructor_sets_env_and_cwd(workers_dir, tmp_path):
+    from wb_magic import WorkerSpec
+
+    seen = []
+
+    def construct(module, segregation_id):
+        seen.append((module, segregation_id))
+        return WorkerSpec(env={"WB_TEST_VALUE": "from-spec"}, cwd=str(tmp_path))
+
+    with WorkerBroker(worker_constructor=construct) as broker:
+        values = broker.worker_proxy((workers_dir / "values.py", "s1"))
+        assert values.environment("WB_TEST_VALUE") == "from-spec"
+        assert seen == [(str(workers_dir / "values.py"), "s1")]
+
+
+def test_bad_targets_get_clear_errors(broker, tmp_path):
+    with pytest.raises(ValueError, match="neither a path"):
+        broker.worker_proxy("not a module!")
+    with pytest.raises(FileNotFoundError, match="missing.py"):
+        broker.worker_proxy(tmp_path / "missing.py").anything()
+    broken = tmp_path / "broken.py"
+    broken.write_text("def f(:\n")
+    with pytest.raises(SyntaxError):
+        broker.worker_proxy(broken).f()
+
+
+def test_debug_logging(broker, values, caplog):
+    import wb_magic.debug
+
+    wb_magic.debug.enable()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="wb_magic"):
+            broker.remove_worker(values._wb_target)
+            values.echo(1)
+        assert any("started worker" in r.message for r in caplog.records)
+    finally:
+        wb_magic.debug.disable()
