@@ -14,7 +14,8 @@ import os
 import sys
 import threading
 import weakref
-from typing import Any, Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
 
 import zmq
 
@@ -253,7 +254,8 @@ class WorkerBroker:
         except Exception as exc:
             raise WorkerStartError(f"could not launch a worker for {module!r}: {exc}") from exc
         worker = Worker(key, module, segregation_id, spec, manager)
-        worker.connection = WorkerConnection(self._context, manager.get_connection_info(), self._identity)
+        info: dict[str, Any] = dict(manager.get_connection_info())
+        worker.connection = WorkerConnection(self._context, info, self._identity)
         worker.pid = process_id(manager)
         worker.pidfd = pidfd(worker.pid)
         log.debug("started worker %r (pid %s) for %s", key, worker.pid, module)
@@ -493,7 +495,12 @@ class WorkerBroker:
         send()  # type: ignore[misc]
         if timeout:
             error = CallTimeout(f"{function}() in worker {target.key!r} took longer than {timeout} s")
-            self._pump.at(now() + timeout, lambda: (self._end(call, error), self._interrupt(target, call)))  # type: ignore[func-returns-value]
+
+            def expire() -> None:
+                self._end(call, error)
+                self._interrupt(target, call)
+
+            self._pump.at(now() + timeout, expire)
 
     def _on_exit(self, worker: Worker) -> None:
         self._discard(worker, f"it ended ({worker.exit_status()})")
@@ -570,7 +577,7 @@ def _clean_description(content: dict[str, Any]) -> dict[str, Any]:
     """Keep only well-formed entries of a worker's module description: it is not trusted."""
     functions = {}
     raw = content.get("functions")
-    for name, info in (raw.items() if isinstance(raw, dict) else ()):
+    for name, info in raw.items() if isinstance(raw, dict) else ():
         if isinstance(name, str) and name.isidentifier() and isinstance(info, dict):
             functions[name] = {
                 "signature": str(info.get("signature", ""))[:10_000],

@@ -6,8 +6,9 @@ starts, ``"get"`` on every access, ``"remove"`` when one ends, ``"terminate"`` w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from .broker import Worker, WorkerBroker

@@ -26,12 +26,16 @@ class WorkerConnection:
 
     def __init__(self, context: zmq.Context, info: dict[str, Any], identity: bytes) -> None:
         self.info = info
-        self.session = Session(str(info.get("key", "")).encode() if not isinstance(info.get("key"), bytes) else info["key"])
+        key = info.get("key", b"")
+        self.session = Session(key if isinstance(key, bytes) else str(key).encode())
         self.shell = self._connect(context, zmq.DEALER, "shell", identity)
         self.stdin = self._connect(context, zmq.DEALER, "stdin", identity)
         self.control = self._connect(context, zmq.DEALER, "control", identity)
         self.iopub = self._connect(context, zmq.SUB, "iopub", None)
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        # ZeroMQ queues this until the connection is up; its arrival tells the worker that it can route
+        # stdin requests to us (a ROUTER drops messages for peers it has not yet seen)
+        self.stdin.send_multipart(self.session.message("wb_stdin_hello", {})[1])
 
     def _connect(self, context: zmq.Context, kind: int, channel: str, identity: bytes | None) -> zmq.Socket:
         sock = context.socket(kind)

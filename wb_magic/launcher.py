@@ -28,13 +28,14 @@ class WorkerSpec:
 
     ``argv``: the command (``{connection_file}`` is filled in); default ``python -m worker_kernel``.
     ``kernel_name``: launch through an installed kernel spec instead (and so through its provisioner).
-    ``env``: variables added to the host's environment; ``cwd``: the worker's working directory.
+    ``env``: variables set on top of the host's environment (``None`` removes one); ``cwd``: the working
+    directory.
     ``hooks``: ``"module:name"``, an object with ``initial_call``/``before_call``/``after_call``.
     """
 
     argv: tuple[str, ...] | None = None
     kernel_name: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str | None] = field(default_factory=dict)
     cwd: str | None = None
     hooks: str | None = None
 
@@ -70,6 +71,7 @@ def launch(spec: WorkerSpec) -> KernelManager:
         )
         manager = KernelManager(kernel_name="wb-worker", kernel_spec_manager=_OneSpec(kernel_spec))
     env = {**os.environ, **spec.env}
+    env = {name: value for name, value in env.items() if value is not None}
     kwargs: dict[str, Any] = {"env": env}
     if spec.cwd:
         kwargs["cwd"] = spec.cwd

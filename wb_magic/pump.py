@@ -20,8 +20,9 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from itertools import count
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 

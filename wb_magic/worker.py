@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from jupyter_client.manager import KernelManager
 
@@ -22,7 +23,9 @@ class Call:
         "future", "loop", "on_done",
     )  # fmt: skip
 
-    def __init__(self, msg_id: str, worker: Worker, function: str, stdout: TextIO | None, stderr: TextIO | None) -> None:
+    def __init__(
+        self, msg_id: str, worker: Worker, function: str, stdout: TextIO | None, stderr: TextIO | None
+    ) -> None:
         self.msg_id = msg_id
         self.worker = worker
         self.function = function

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,4 +36,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

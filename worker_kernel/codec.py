@@ -17,10 +17,11 @@ import datetime as dt
 import sys
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
-from typing import Any, Callable
+from typing import Any
 
 from .errors import CallTimeout, RemoteError, WorkerBrokerError, WorkerDied, WorkerStartError
 
@@ -305,8 +306,10 @@ def _holds_frames(data: Any) -> bool:
     if isinstance(data, list):
         return any(_holds_frames(x) for x in data)
     if isinstance(data, dict):
-        return "b" in data and data.get(TAG) in ("bytes", "bytearray", "buffer") or any(
-            _holds_frames(v) for v in data.values()
+        return (
+            "b" in data
+            and data.get(TAG) in ("bytes", "bytearray", "buffer")
+            or any(_holds_frames(v) for v in data.values())
         )
     return False
 
@@ -315,7 +318,7 @@ def _exception_decode(payload: dict[str, Any]) -> BaseException:
     return exception_from_wire(payload, [])
 
 
-for _tag, _types, _enc, _dec in [
+_BUILT_INS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] = [
     ("tuple", tuple, list, tuple),
     ("set", set, list, set),
     ("frozenset", frozenset, list, frozenset),
@@ -328,7 +331,8 @@ for _tag, _types, _enc, _dec in [
     ("uuid", uuid.UUID, str, uuid.UUID),
     ("path", PurePath, lambda p: [type(p).__name__, str(p)], _path_decode),
     ("exception", BaseException, _exception_encode, _exception_decode),
-]:
+]
+for _tag, _types, _enc, _dec in _BUILT_INS:
     register_marshaller(_tag, _types, _enc, _dec)
 
 

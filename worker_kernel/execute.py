@@ -56,9 +56,7 @@ def execute(kernel: WorkerKernel, msg: Message) -> None:
     finally:
         sys.displayhook = saved_hook
     _flush()
-    kernel._reply(
-        kernel.shell, msg, {"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []}
-    )
+    kernel._reply(kernel.shell, msg, {"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []})
 
 
 def _compile_cell(code: str) -> list[Any]:

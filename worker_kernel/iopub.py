@@ -60,7 +60,7 @@ class IOPub:
     def take_subscriptions(self) -> None:
         """Read subscription notices from the XPUB socket; the first releases the held messages."""
         with self._lock:
-            while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while self.socket.poll(0):
                 notice = self.socket.recv()
                 if notice[:1] == b"\x01" and not self.subscribed:
                     self.subscribed = True

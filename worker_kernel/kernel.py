@@ -20,7 +20,9 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable
+import time
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -54,6 +56,7 @@ class WorkerKernel:
         self._waiting: dict[str, Any] = {}  # wb_broker_request id -> asyncio future, or None for a sync wait
         self._answers: dict[str, Message] = {}
         self._last_idents: list[bytes] = []
+        self._stdin_peers: set[bytes] = set()
         self._main_thread = threading.get_ident()
         self.shell_handlers: dict[str, Handler] = {
             "kernel_info_request": self._kernel_info,
@@ -128,7 +131,7 @@ class WorkerKernel:
 
     def _receive(self, sock: zmq.Socket) -> Message | None:
         """One message from ``sock`` if one is waiting; malformed or unsigned messages are dropped."""
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator,arg-type]
             frames = sock.recv_multipart(copy=False)
             try:
                 return self.session.parse(frames)
@@ -147,6 +150,9 @@ class WorkerKernel:
 
     def _drain_stdin(self) -> None:
         while (msg := self._receive(self.stdin)) is not None:
+            if msg.msg_type == "wb_stdin_hello":
+                self._stdin_peers.add(msg.idents[0] if msg.idents else b"")
+                continue
             key = msg.parent_id
             if key not in self._waiting:
                 log.warning("dropped a %s for no pending request", msg.msg_type)
@@ -305,8 +311,23 @@ class WorkerKernel:
             WB_BROKER, content, parent=request.header if request else None, buffers=buffers, idents=idents
         )
         self._waiting[msg_id] = None
-        self.stdin.send_multipart(frames)
+        try:
+            self.stdin.send_multipart(frames)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            # the broker's stdin connection is still being made: its hello tells us when it is up
+            self._await_stdin_peer(idents[0] if idents else b"")
+            self.stdin.send_multipart(frames)
         return msg_id
+
+    def _await_stdin_peer(self, identity: bytes, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while identity not in self._stdin_peers:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.stdin.poll(int(remaining * 1000) + 1):
+                raise ConnectionError("the broker's stdin channel did not connect")
+            self._drain_stdin()
 
     def broker_request(self, content: dict[str, Any], buffers: list[Any], timeout: float | None) -> Any:
         """Send a ``wb_broker_request`` and wait for its answer, serving incoming calls meanwhile."""

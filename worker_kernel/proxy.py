@@ -11,7 +11,8 @@ defaults and annotations are shown as their source text.
 from __future__ import annotations
 
 import types
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 
 class Caller(Protocol):
@@ -37,11 +38,13 @@ def make_function(
     info: dict[str, Any] | None = None,
 ) -> Callable[..., Any]:
     """A function that runs ``name`` of ``target`` in its worker: sync, or a coroutine function."""
+    proxy: Callable[..., Any]
     if asynchronous:
 
-        async def proxy(*args: Any, **kwargs: Any) -> Any:
+        async def aproxy(*args: Any, **kwargs: Any) -> Any:
             return await caller.ainvoke(target, name, args, kwargs, timeout)
 
+        proxy = aproxy
     else:
 
         def proxy(*args: Any, **kwargs: Any) -> Any:
@@ -53,8 +56,8 @@ def make_function(
     proxy.__module__ = module
     proxy.__doc__ = (info or {}).get("doc") or f"Runs {name}() of {module} in its worker."
     if info is not None:
-        proxy.__signature__ = parse_signature(str(info.get("signature", "")))  # type: ignore[attr-defined]
-    proxy.with_timeout = lambda seconds: make_function(  # type: ignore[attr-defined]
+        proxy.__dict__["__signature__"] = parse_signature(str(info.get("signature", "")))
+    proxy.__dict__["with_timeout"] = lambda seconds: make_function(
         caller, target, name, asynchronous=asynchronous, timeout=seconds, info=info
     )
     return proxy
@@ -158,11 +161,11 @@ def parse_signature(text: str) -> Any:
         (arg, P.POSITIONAL_OR_KEYWORD) for arg in a.args
     ]
     defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
-    for (arg, kind), default in zip(positional, defaults):
+    for (arg, kind), default in zip(positional, defaults, strict=True):
         params.append(P(arg.arg, kind, default=source(default), annotation=source(arg.annotation)))
     if a.vararg:
         params.append(P(a.vararg.arg, P.VAR_POSITIONAL, annotation=source(a.vararg.annotation)))
-    for arg, default in zip(a.kwonlyargs, a.kw_defaults):
+    for arg, default in zip(a.kwonlyargs, a.kw_defaults, strict=True):
         params.append(P(arg.arg, P.KEYWORD_ONLY, default=source(default), annotation=source(arg.annotation)))
     if a.kwarg:
         params.append(P(a.kwarg.arg, P.VAR_KEYWORD, annotation=source(a.kwarg.annotation)))

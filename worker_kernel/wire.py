@@ -17,10 +17,11 @@ from __future__ import annotations
 import hmac
 import json
 import os
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from hashlib import sha256
 from itertools import count
-from typing import Any, Sequence
+from typing import Any
 
 PROTOCOL_VERSION = "5.3"
 DELIMITER = b"<IDS|MSG>"
@@ -151,9 +152,7 @@ class Session:
     ) -> tuple[str, list[Any]]:
         """Build a new message: returns its id and its frames."""
         header = self.header(msg_type, msg_id)
-        frames = self.serialize(
-            header, content, parent=parent, metadata=metadata, buffers=buffers, idents=idents
-        )
+        frames = self.serialize(header, content, parent=parent, metadata=metadata, buffers=buffers, idents=idents)
         return header["msg_id"], frames
 
     # -- parsing ---------------------------------------------------------------------------------------------

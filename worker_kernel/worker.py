@@ -15,7 +15,8 @@ caller on the call: a worker cannot pose as another.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .codec import encode_value
 from .proxy import ModuleProxy, make_function
@@ -45,7 +46,9 @@ class BrokerProxy:
 
     # -- the Caller protocol ---------------------------------------------------------------------------------
 
-    def _request(self, target: tuple[str, str | None], function: str, args: tuple, kwargs: dict, timeout: float | None) -> tuple[dict[str, Any], list[Any]]:
+    def _request(
+        self, target: tuple[str, str | None], function: str, args: tuple, kwargs: dict, timeout: float | None
+    ) -> tuple[dict[str, Any], list[Any]]:
         buffers: list[Any] = []
         context = current.get()
         content = {

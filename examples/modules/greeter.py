@@ -1,0 +1,13 @@
+"""A worker that calls another worker (hello.py) through the broker."""
+
+from worker_kernel import broker_proxy, current_call
+
+hello = broker_proxy().worker_proxy("./hello.py")
+visits = 0
+
+
+def greet_twice(name: str) -> list[str]:
+    global visits
+    visits += 1
+    print(f"greeter: visit {visits}, called by {current_call().source_module or 'the host'}")
+    return [hello.hello(name), hello.hello(name.upper())]

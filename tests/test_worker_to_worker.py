@@ -1,0 +1,79 @@
+"""Workers calling workers, routed and stamped by the broker."""
+
+from __future__ import annotations
+
+import pytest
+
+from wb_magic import CallTimeout, WorkerBroker
+
+
+@pytest.fixture
+def caller(broker, workers_dir):
+    return broker.worker_proxy(workers_dir / "caller.py")
+
+
+def test_a_worker_calls_another_by_a_relative_path(caller, broker):
+    assert caller.greet("from a worker") == "Hello from a worker"
+    modules = sorted(w.module.rsplit("/", 1)[-1] for w in broker.workers)
+    assert modules == ["caller.py", "hello.py"]
+
+
+def test_the_broker_stamps_the_true_source(caller, broker, workers_dir):
+    assert caller.who_calls_callee() == ["caller.py", None]
+    segregated = broker.worker_proxy((workers_dir / "caller.py", "tenant-7"))
+    assert segregated.who_calls_callee() == ["caller.py", "tenant-7"]
+    # called from the host, the source is empty
+    assert broker.worker_proxy(workers_dir / "caller.py").identity() == [
+        None,
+        None,
+        str(workers_dir / "caller.py"),
+        "identity",
+    ]
+
+
+def test_a_cycle_completes(caller):
+    assert caller.ping(6) == "done"  # caller -> callee -> caller -> ... six hops deep
+
+
+def test_async_functions_interleave(caller):
+    # each wait_for_token call finishes only when three have arrived: they must run side by side
+    assert caller.gather_slow(3) == [0, 1, 2]
+
+
+def test_errors_cross_back(caller):
+    with pytest.raises(FileNotFoundError, match="does_not_exist.py"):
+        caller.call_missing()
+    assert caller.greet("after an error") == "Hello after an error"
+
+
+def test_output_of_a_nested_call_reaches_the_host(caller, capsys):
+    assert caller.print_through() == "CALLEE PRINTS"
+    assert capsys.readouterr().out == "caller prints\ncallee prints\n"
+
+
+def test_nested_timeout(workers_dir, tmp_path):
+    module = tmp_path / "impatient.py"
+    module.write_text(
+        "from worker_kernel import broker_proxy, CallTimeout\n"
+        f"values = broker_proxy().worker_proxy({str(workers_dir / 'values.py')!r}, timeout=0.3)\n"
+        "def try_it():\n"
+        "    try:\n"
+        "        values.block_until_interrupted()\n"
+        "    except CallTimeout as exc:\n"
+        "        return 'timed out: ' + type(exc).__name__\n"
+    )
+    with WorkerBroker() as broker:
+        assert broker.worker_proxy(module).try_it() == "timed out: CallTimeout"
+
+
+def test_timeout_inside_a_worker_reaches_the_host_as_call_timeout(workers_dir, tmp_path):
+    module = tmp_path / "impatient2.py"
+    module.write_text(
+        "from worker_kernel import broker_proxy\n"
+        f"values = broker_proxy().worker_proxy({str(workers_dir / 'values.py')!r}, timeout=0.3)\n"
+        "def try_it():\n"
+        "    return values.block_until_interrupted()\n"
+    )
+    with WorkerBroker() as broker:
+        with pytest.raises(CallTimeout):
+            broker.worker_proxy(module).try_it()
