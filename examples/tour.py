@@ -42,8 +42,10 @@ def main() -> None:
 
         step("the workers now running")
         for info in broker.workers:
-            print(f"    {Path(info.module).name:<12} segregation={info.segregation_id!s:<6} pid={info.pid} "
-                  f"calls={info.calls}")
+            print(
+                f"    {Path(info.module).name:<12} segregation={info.segregation_id!s:<6} pid={info.pid} "
+                f"calls={info.calls}"
+            )
     print("\nAll workers shut down. Run `make test` for the full suite.")
 
 
