@@ -23,5 +23,10 @@ lint: $(STAMP)
 test: lint
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
 
+# the benchmark suite beside its peers (the bench extra); writes docs/benchmarks.{md,json,png}
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m benchmarks.run --out docs
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

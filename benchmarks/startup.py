@@ -1,0 +1,207 @@
+"""Start-up and memory: the first call to a new worker (cold, in a live broker, from a warm pool), beside
+``python -c "import zmq"`` and an ipykernel's launch to first reply; idle memory of a worker and of an ipykernel.
+"""
+
+from __future__ import annotations
+
+import inspect
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any
+
+from .config import Config
+from .harness import MODULES, Results, Series
+
+TRIVIAL = str(MODULES / "trivial.py")
+MiB = 2**20
+
+
+def memory(pid: int) -> dict[str, float]:
+    """RSS and USS of a process, in MiB."""
+    import psutil
+
+    info = psutil.Process(pid).memory_full_info()
+    return {"rss_mib": info.rss / MiB, "uss_mib": info.uss / MiB}
+
+
+def import_zmq(results: Results, config: Config) -> None:
+    """A bare interpreter that imports pyzmq: what any worker must pay at least."""
+    command = [sys.executable, "-c", "import zmq"]
+    subprocess.run(command, check=True)  # warm the page cache
+    samples = []
+    for _ in range(config.import_repeats):
+        start = time.perf_counter()
+        subprocess.run(command, check=True)
+        samples.append(time.perf_counter() - start)
+    results.add(Series("startup.import_zmq", "startup", 'python -c "import zmq"', samples))
+    peak = subprocess.run(
+        [sys.executable, "-c", "import zmq, resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    results.facts["import_zmq_max_rss_mib"] = int(peak.stdout) / 1024
+
+
+def module_import_time() -> float:
+    """How long the trivial module itself takes to run, in a fresh interpreter (seconds)."""
+    code = (
+        "import runpy, sys, time\n"
+        "start = time.perf_counter()\n"
+        "runpy.run_path(sys.argv[1])\n"
+        "print(time.perf_counter() - start)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, TRIVIAL], check=True, capture_output=True, text=True)
+    return float(out.stdout)
+
+
+def first_call_cold(results: Results, config: Config) -> None:
+    """A fresh broker, a proxy and its first call: a worker launched for it, no pool."""
+    from wb_magic import WorkerBroker
+
+    samples = []
+    for _ in range(config.first_call_repeats):
+        start = time.perf_counter()
+        broker = WorkerBroker(call_timeout=60)
+        try:
+            if broker.worker_proxy(TRIVIAL).ping() != 1:
+                raise RuntimeError("the trivial module answered wrongly")
+            samples.append(time.perf_counter() - start)
+        finally:
+            broker.close()
+    results.add(
+        Series(
+            "startup.wb_cold",
+            "startup",
+            "wb-magic: new broker, first call",
+            samples,
+            note="from WorkerBroker() to the first reply, the worker launched for it",
+        )
+    )
+
+
+def first_call_live(results: Results, config: Config) -> None:
+    """New workers (segregated) in a broker that already runs one; then the idle memory of each of them."""
+    from wb_magic import WorkerBroker
+
+    with WorkerBroker(call_timeout=60) as broker:
+        broker.worker_proxy(TRIVIAL).ping()
+        samples = []
+        for i in range(config.first_call_repeats):
+            start = time.perf_counter()
+            if broker.worker_proxy((TRIVIAL, f"live{i}")).ping() != 1:
+                raise RuntimeError("the trivial module answered wrongly")
+            samples.append(time.perf_counter() - start)
+        results.add(
+            Series(
+                "startup.wb_live",
+                "startup",
+                "wb-magic: new worker, live broker",
+                samples,
+                note="first call to a new worker of a broker that already runs one",
+            )
+        )
+        time.sleep(1.0)  # let the workers settle
+        pids = [info.pid for info in broker.workers if info.pid is not None]
+        found = [memory(pid) for pid in pids]
+    results.facts["wb_idle_worker"] = {
+        "workers": len(found),
+        "rss_mib": statistics.median(m["rss_mib"] for m in found),
+        "uss_mib": statistics.median(m["uss_mib"] for m in found),
+        "rss_mib_max": max(m["rss_mib"] for m in found),
+        "uss_mib_max": max(m["uss_mib"] for m in found),
+    }
+
+
+def warm_pool(results: Results, config: Config) -> None:
+    """The first call to a new worker taken from a warm pool: only once WorkerBroker(warm_workers=N) exists."""
+    from wb_magic import WorkerBroker
+
+    if "warm_workers" not in inspect.signature(WorkerBroker).parameters:
+        results.skip("startup.wb_warm", "not available yet: WorkerBroker has no warm_workers")
+        return
+    import psutil
+
+    me = psutil.Process()
+    results.facts["trivial_module_import_s"] = module_import_time()
+    samples = []
+    with WorkerBroker(call_timeout=60, warm_workers=1) as broker:  # type: ignore[call-arg]
+        for i in range(config.warm_pool_repeats):
+            _wait_for_spare(me, len(broker.workers) + 1)
+            start = time.perf_counter()
+            if broker.worker_proxy((TRIVIAL, f"warm{i}")).ping() != 1:
+                raise RuntimeError("the trivial module answered wrongly")
+            samples.append(time.perf_counter() - start)
+    results.add(
+        Series(
+            "startup.wb_warm",
+            "startup",
+            "wb-magic: new worker, warm pool",
+            samples,
+            note="first call to a new worker once the pool holds a started spare",
+        )
+    )
+
+
+def _wait_for_spare(me: Any, processes: int, timeout: float = 30.0) -> None:
+    """Wait until the broker has started a spare worker process beside its live ones, and give it time to boot."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = [p for p in me.children() if _is_worker(p)]
+        if len(children) >= processes:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)  # the spare imports worker_kernel and binds its sockets meanwhile
+
+
+def _is_worker(process: Any) -> bool:
+    try:
+        return "worker_kernel" in process.cmdline()
+    except Exception:
+        return False
+
+
+def ipykernel_start(results: Results, config: Config) -> None:
+    """An ipykernel from launch to its first execute_reply, and its idle memory."""
+    from .peers import ipykernel_peer
+
+    why = ipykernel_peer.IPyKernel.missing()
+    if why is not None:
+        results.skip("startup.ipykernel", why)
+        return
+    samples = []
+    found: dict[str, float] = {}
+    for i in range(config.ipykernel_repeats):
+        elapsed, manager, client = ipykernel_peer.first_reply()
+        samples.append(elapsed)
+        try:
+            if i == 0:
+                time.sleep(1.0)
+                found = memory(int(manager.provisioner.pid))
+        finally:
+            ipykernel_peer.stop(manager, client)
+    results.add(
+        Series(
+            "startup.ipykernel",
+            "startup",
+            "ipykernel: launch to first reply",
+            samples,
+            note="KernelManager.start_kernel() to the first execute_reply, no wait_for_ready",
+        )
+    )
+    results.facts["ipykernel_idle"] = found
+
+
+def run(results: Results, config: Config) -> None:
+    for step in (import_zmq, first_call_cold, first_call_live, warm_pool, ipykernel_start):
+        try:
+            step(results, config)
+        except Exception as exc:
+            if step is ipykernel_start:
+                traceback.print_exc()
+                results.skip("startup.ipykernel", f"failed: {type(exc).__name__}: {exc}")
+            else:
+                raise
