@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from worker_kernel.codec import register_marshaller
 
 from .broker import WorkerBroker
@@ -14,6 +16,27 @@ from .launcher import WorkerSpec
 from .worker import WorkerInfo
 
 __version__ = "0.1.0"
+
+
+def get_broker() -> WorkerBroker:
+    """The broker of this IPython session (one per process), started on first use and closed at exit."""
+    from .magics import get_broker as session_broker
+
+    return session_broker()
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext wb_magic``: the ``%wb_*`` magics and the display of remote tracebacks."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from .magics import unload_ipython_extension as unload
+
+    unload(ipython)
+
 
 __all__ = [
     "CallTimeout",
@@ -26,5 +49,6 @@ __all__ = [
     "WorkerInfo",
     "WorkerSpec",
     "WorkerStartError",
+    "get_broker",
     "register_marshaller",
 ]

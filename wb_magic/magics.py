@@ -1,0 +1,714 @@
+"""IPython magics: ``%load_ext wb_magic`` makes workers feel native in a notebook.
+
+One `WorkerBroker` serves the whole IPython session (`get_broker`); it is closed when the kernel exits.
+
+    %wb_proxy [-s SEGREGATION_ID] [-f FUNCTION] [-a] [-t SECONDS] TARGET [NAME]
+    %wb_reload [--restart] TARGET
+    %wb_workers
+    %%wb_module NAME
+    %wb_shutdown [-s SEGREGATION_ID] TARGET | --all
+    %wb_debug on|off
+
+A TARGET is the name of a ``%%wb_module`` cell, a path to a ``.py`` file (relative to the working directory),
+a ``file://`` URL or a dotted module name. Bad input raises `UsageError`, which IPython shows as one line.
+
+The extension also shows exceptions that come from a worker in IPython's style: the local traceback without
+the broker's own frames, then the remote traceback. Everything a worker sends is shown as text only: the
+workers table is the only HTML, and every value in it is escaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import html
+import importlib.machinery
+import keyword
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import IPython
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+import worker_kernel
+from worker_kernel.loader import is_file_spec, module_name_for, resolve_module
+
+from . import debug
+from .broker import WorkerBroker
+from .errors import WorkerBrokerError
+from .worker import WorkerInfo
+
+__all__ = ["WorkerBrokerMagics", "get_broker", "load_ipython_extension", "unload_ipython_extension"]
+
+CELLS_PREFIX = "wb_magic-cells-"  # the per-session folder of %%wb_module cells: <tmp>/wb_magic-cells-XXXX/
+
+# -- the session's broker -------------------------------------------------------------------------------------
+
+_broker: WorkerBroker | None = None
+_broker_lock = threading.Lock()
+
+
+def get_broker() -> WorkerBroker:
+    """The broker of this IPython session (of this process), started on first use and closed at exit."""
+    global _broker
+    with _broker_lock:
+        if _broker is None or _broker.closed:
+            _broker = WorkerBroker()
+        return _broker
+
+
+def _close_broker() -> None:
+    global _broker
+    with _broker_lock:
+        broker, _broker = _broker, None
+    if broker is not None:
+        broker.close()
+
+
+atexit.register(_close_broker)  # a kernel that shuts down exits the process: its workers go with it
+
+
+# -- loading the extension ------------------------------------------------------------------------------------
+
+_loaded: dict[int, tuple[WorkerBrokerMagics, tuple[Any, Any]]] = {}
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext wb_magic``: register the magics and the display of remote exceptions."""
+    if id(ipython) in _loaded:
+        return
+    magics = WorkerBrokerMagics(ipython)
+    ipython.register_magics(magics)
+    previous = (ipython.custom_exceptions, getattr(ipython, "CustomTB", None))
+    ipython.set_custom_exc((Exception, KeyboardInterrupt, asyncio.CancelledError), _show_exception)
+    ipython.events.register("pre_run_cell", _wake_loop_on_interrupt)
+    _loaded[id(ipython)] = (magics, previous)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext wb_magic``: remove the magics, shut the workers down, delete the cell modules."""
+    entry = _loaded.pop(id(ipython), None)
+    if entry is None:
+        return
+    magics, (exceptions, handler) = entry
+    ipython.custom_exceptions = exceptions
+    if handler is not None:
+        ipython.CustomTB = handler
+    try:
+        ipython.events.unregister("pre_run_cell", _wake_loop_on_interrupt)
+    except ValueError:
+        pass
+    registry = ipython.magics_manager.magics
+    for kind, names in magics.magics.items():
+        for name in names:
+            registry[kind].pop(name, None)
+    magics.discard_cells()
+    _close_broker()
+
+
+def _wake_loop_on_interrupt(info: Any = None) -> None:
+    """Make the interrupt button stop a cell that awaits (an async remote call, say) at once.
+
+    For a cell with a top-level ``await``, ipykernel installs a SIGINT handler that schedules the cancellation
+    of the cell with ``call_soon`` from inside the signal handler, which does not wake the event loop: the
+    cancellation waits until something else wakes it, which for a remote call is when the call ends on its
+    own. Wrapping that handler to wake the loop makes the cell's task cancelled at once; the broker then
+    interrupts the remote call. The wrapper lives only as long as ipykernel's handler (it restores its own
+    predecessor after the cell).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler) or handler is signal.default_int_handler or getattr(handler, "_wb_wakes", False):
+        return
+
+    def wake_then_handle(signum: int, frame: Any) -> None:
+        handler(signum, frame)
+        try:
+            asyncio.get_running_loop().call_soon_threadsafe(_nothing)  # writes to the loop's wake-up pipe
+        except RuntimeError:
+            pass
+
+    wake_then_handle._wb_wakes = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGINT, wake_then_handle)
+
+
+def _nothing() -> None:
+    pass
+
+
+# -- the magics -----------------------------------------------------------------------------------------------
+
+
+@magics_class
+class WorkerBrokerMagics(Magics):
+    """The ``%wb_*`` magics. ``%load_ext wb_magic`` registers them (and the remote traceback display)."""
+
+    def __init__(self, shell: Any = None) -> None:
+        super().__init__(shell)
+        self._cells: dict[str, Path] = {}  # %%wb_module name -> its file
+        self._cells_dir: Path | None = None
+
+    # %wb_proxy
+
+    @magic_arguments()
+    @argument("-s", "--segregation-id", dest="segregation_id", default=None, help="a worker of its own for this id")
+    @argument("-f", "--function", default=None, help="a proxy of this one function instead of the module")
+    @argument("-a", "--async", dest="asynchronous", action="store_true", help="calls return awaitables")
+    @argument("-t", "--timeout", type=float, default=None, help="seconds a call may take (CallTimeout after)")
+    @argument("target", help="a %%%%wb_module name, a .py path, a file:// URL or a dotted module name")
+    @argument("name", nargs="?", help="the variable to bind (default: the module's basename)")
+    @line_magic
+    def wb_proxy(self, line: str) -> None:
+        """Bind a proxy of a worker module (or of one of its functions) in the user namespace."""
+        args = parse_argstring(self.wb_proxy, line)
+        module, label = self._module(args.target)
+        name = args.name or module_name_for(module).rpartition(".")[2]
+        _check_identifier(name, "NAME")
+        if args.timeout is not None and not args.timeout > 0:
+            raise UsageError(f"the timeout must be a positive number of seconds, not {args.timeout}")
+        target = (module, args.segregation_id)
+        broker = get_broker()
+        functions = broker.describe(_canonical(target))[1]["functions"]  # starts the worker: errors show now
+        proxy: Any
+        if args.function is not None:
+            _check_identifier(args.function, "FUNCTION")
+            if args.function not in functions:
+                known = ", ".join(sorted(functions)) or "none"
+                raise UsageError(f"{label} has no function {args.function!r} (it has: {known})")
+            proxy = broker.worker_fn_proxy(target, args.function, asynchronous=args.asynchronous, timeout=args.timeout)
+        else:
+            proxy = broker.worker_proxy(target, asynchronous=args.asynchronous, timeout=args.timeout)
+        self.shell.user_ns[name] = proxy  # type: ignore[union-attr]
+
+    # %wb_reload
+
+    @magic_arguments()
+    @argument("--restart", action="store_true", help="start fresh worker processes instead of re-importing")
+    @argument("target", help="a %%%%wb_module name, a .py path, a file:// URL or a dotted module name")
+    @line_magic
+    def wb_reload(self, line: str) -> None:
+        """Re-import a module from its source in every worker of it; proxies made before see the new code."""
+        args = parse_argstring(self.wb_reload, line)
+        module, label = self._module(args.target)
+        count = self._reload(module, restart=args.restart)
+        verb = "restarted" if args.restart else "reloaded"
+        if count:
+            print(f"{verb} {label} in {_plural(count, 'worker')}")
+        else:
+            print(f"{verb} {label} (no worker was running it; started one)")
+
+    def _reload(self, module: str, *, restart: bool = False) -> int:
+        """Re-execute ``module`` in each of its live workers (or one new worker); the count of live ones."""
+        broker = get_broker()
+        ids = [w.segregation_id for w in broker.workers if w.module == module]
+        if restart:
+            for segregation_id in ids:
+                broker.remove_worker((module, segregation_id))
+        buster = f"wb-magic-{time.time_ns()}"  # new every time: the module runs again even if it did not change
+        for segregation_id in ids or [None]:
+            broker.worker_import((module, segregation_id), cache_buster=buster)
+        return len(ids)
+
+    # %wb_workers
+
+    @line_magic
+    def wb_workers(self, line: str) -> None:
+        """Show the live workers: HTML in a notebook, plain text in a terminal."""
+        if line.strip():
+            raise UsageError(f"%wb_workers takes no arguments, not {line.strip()!r}")
+        from IPython.display import display
+
+        display(WorkerTable.of(get_broker().workers, self._label))
+
+    # %%wb_module
+
+    @magic_arguments()
+    @argument("name", help="the module's name, for %%%%wb_proxy NAME")
+    @cell_magic
+    def wb_module(self, line: str, cell: str) -> None:
+        """The cell's source becomes a worker module called NAME; running the cell again reloads it."""
+        args = parse_argstring(self.wb_module, line)
+        name = args.name
+        _check_identifier(name, "NAME")
+        label = f"%%wb_module {name}"
+        _check_syntax(cell, label)
+        path = self._cells_folder() / f"{name}.py"
+        defined = name in self._cells
+        path.write_text(cell, encoding="utf-8")
+        self._cells[name] = path
+        if defined:
+            count = self._reload(str(path))
+            if count:
+                print(f"reloaded {label} in {_plural(count, 'worker')}")
+
+    def _cells_folder(self) -> Path:
+        if self._cells_dir is None:
+            self._cells_dir = Path(tempfile.mkdtemp(prefix=CELLS_PREFIX))
+            tempdirs = getattr(self.shell, "tempdirs", None)
+            if isinstance(tempdirs, list):
+                tempdirs.append(self._cells_dir)  # IPython deletes it when the session ends
+        return self._cells_dir
+
+    def discard_cells(self) -> None:
+        """Forget the ``%%wb_module`` cells and delete their folder."""
+        if self._cells_dir is not None:
+            shutil.rmtree(self._cells_dir, ignore_errors=True)
+            tempdirs = getattr(self.shell, "tempdirs", None)
+            if isinstance(tempdirs, list) and self._cells_dir in tempdirs:
+                tempdirs.remove(self._cells_dir)
+        self._cells.clear()
+        self._cells_dir = None
+
+    # %wb_shutdown
+
+    @magic_arguments()
+    @argument("--all", dest="everything", action="store_true", help="shut down every worker")
+    @argument("-s", "--segregation-id", dest="segregation_id", default=None, help="only the worker of this id")
+    @argument("target", nargs="?", help="a %%%%wb_module name, a .py path, a file:// URL or a dotted module name")
+    @line_magic
+    def wb_shutdown(self, line: str) -> None:
+        """Shut down the workers of a module (or ``--all``); the next call starts a fresh one."""
+        args = parse_argstring(self.wb_shutdown, line)
+        broker = get_broker()
+        if args.everything:
+            if args.target is not None or args.segregation_id is not None:
+                raise UsageError("%wb_shutdown takes a TARGET or --all, not both")
+            count = len(broker.workers)
+            broker.terminate()
+            print(f"shut down {_plural(count, 'worker')}")
+            return
+        if args.target is None:
+            raise UsageError("%wb_shutdown needs a TARGET, or --all to shut down every worker")
+        module, label = self._module(args.target, must_exist=False)
+        ids = [w.segregation_id for w in broker.workers if w.module == module]
+        if args.segregation_id is not None:
+            ids = [i for i in ids if i == args.segregation_id]
+        count = sum(broker.remove_worker((module, i)) for i in ids)
+        print(f"shut down {_plural(count, 'worker')} of {label}")
+
+    # %wb_debug
+
+    @line_magic
+    def wb_debug(self, line: str) -> None:
+        """``on``: log what the broker does and show its frames in tracebacks; ``off``: stop."""
+        word = line.strip().lower()
+        if word == "on":
+            debug.enable()
+        elif word == "off":
+            debug.disable()
+        elif word:
+            raise UsageError(f"%wb_debug takes on or off, not {line.strip()!r}")
+        print(f"wb_magic debug logging is {'on' if debug.enabled() else 'off'}")
+
+    # targets
+
+    def _module(self, spec: str, *, must_exist: bool = True) -> tuple[str, str]:
+        """The canonical module of a TARGET, and how to name it to the user. Raises `UsageError`."""
+        if spec in self._cells:
+            return str(self._cells[spec]), f"%%wb_module {spec}"
+        try:
+            module = resolve_module(spec)
+        except ValueError:
+            raise UsageError(
+                f"{spec!r} is not a %%wb_module name, a path to a .py file or a dotted module name"
+            ) from None
+        if not must_exist:
+            return module, spec
+        if is_file_spec(module):
+            if not os.path.isfile(module):
+                raise UsageError(f"no module file {spec!r} (looked for {module})")
+            try:
+                source = Path(module).read_bytes()
+            except OSError as exc:
+                raise UsageError(f"cannot read {spec!r}: {exc.strerror}") from None
+            _check_syntax(source, spec)
+        else:
+            top = module.partition(".")[0]
+            found = top in sys.builtin_module_names or importlib.machinery.PathFinder.find_spec(
+                top, [os.getcwd(), *sys.path]
+            )
+            if not found:
+                raise UsageError(f"no %%wb_module, file or module named {spec!r}")
+        return module, spec
+
+    def _label(self, module: str) -> str:
+        """A module as the user would name it: its cell, its path relative to here, or its dotted name."""
+        if self._cells_dir is not None and is_file_spec(module) and Path(module).parent == self._cells_dir:
+            return f"%%wb_module {Path(module).stem}"
+        return _short_path(module)
+
+
+# -- helpers --------------------------------------------------------------------------------------------------
+
+
+def _canonical(target: tuple[str, str | None]) -> tuple[str, str | None]:
+    module, segregation_id = target
+    return module, (segregation_id if segregation_id not in (None, "") else None)
+
+
+def _check_identifier(name: str, what: str) -> None:
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise UsageError(f"{what} must be a Python identifier, not {name!r}")
+
+
+def _check_syntax(source: str | bytes, label: str) -> None:
+    """Compile (never run) a module's source, so that a syntax error is one line naming the line."""
+    try:
+        compile(source, label, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        where = f", line {exc.lineno}" if exc.lineno else ""
+        raise UsageError(f"syntax error in {label}{where}: {exc.msg}") from None
+    except ValueError as exc:  # null bytes
+        raise UsageError(f"{label} is not Python source: {exc}") from None
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _short_path(module: str) -> str:
+    if not is_file_spec(module):
+        return module
+    try:
+        relative = os.path.relpath(module)
+    except ValueError:
+        return module
+    return module if relative.startswith("..") else relative
+
+
+# -- the workers table ----------------------------------------------------------------------------------------
+
+_COLUMNS = ("key", "module", "segregation id", "pid", "state", "calls", "last used", "memory")
+_NUMERIC = {"pid", "calls", "memory", "last used"}
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    key: str
+    module: str
+    segregation_id: str
+    pid: str
+    state: str
+    calls: int
+    last_used: str
+    memory: str
+
+    def cells(self) -> tuple[str, ...]:
+        return (
+            self.key, self.module, self.segregation_id, self.pid, self.state, str(self.calls), self.last_used,
+            self.memory,
+        )  # fmt: skip
+
+
+class WorkerTable:
+    """The live workers, shown as an HTML table in a notebook and as aligned text in a terminal."""
+
+    def __init__(self, rows: list[WorkerRow]) -> None:
+        self.rows = rows
+
+    @classmethod
+    def of(cls, workers: list[WorkerInfo], label: Any = _short_path) -> WorkerTable:
+        return cls([_row(info, label) for info in workers])
+
+    def __iter__(self) -> Iterator[WorkerRow]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def text(self) -> str:
+        if not self.rows:
+            return "no live workers"
+        table = [_COLUMNS, *(row.cells() for row in self.rows)]
+        widths = [max(len(r[i]) for r in table) for i in range(len(_COLUMNS))]
+        lines = []
+        for r in table:
+            cells = [
+                c.rjust(w) if name in _NUMERIC and r is not table[0] else c.ljust(w)
+                for c, w, name in zip(r, widths, _COLUMNS, strict=True)
+            ]
+            lines.append("  ".join(cells).rstrip())
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(self.text())
+
+    def _repr_html_(self) -> str:
+        if not self.rows:
+            return "<p><em>no live workers</em></p>"
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in _COLUMNS)
+        body = []
+        for row in self.rows:
+            tds = []
+            for name, value in zip(_COLUMNS, row.cells(), strict=True):
+                style = ' style="text-align: right"' if name in _NUMERIC else ""
+                tds.append(f'<td class="wb-{name.replace(" ", "-")}"{style}>{html.escape(value)}</td>')
+            body.append(f"<tr>{''.join(tds)}</tr>")
+        return f'<table class="wb-workers"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _row(info: WorkerInfo, label: Any) -> WorkerRow:
+    key = info.key
+    if isinstance(key, tuple) and key == (info.module, info.segregation_id):
+        key_text = label(info.module) + (f" [{info.segregation_id}]" if info.segregation_id else "")
+    else:
+        key_text = repr(key)
+        if len(key_text) > 60:
+            key_text = key_text[:57] + "..."
+    return WorkerRow(
+        key=key_text,
+        module=label(info.module),
+        segregation_id=info.segregation_id or "",
+        pid=str(info.pid) if info.pid else "",
+        state=info.state,
+        calls=info.calls,
+        last_used=_age(info.last_used),
+        memory=_memory(info.pid),
+    )
+
+
+def _age(stamp: float) -> str:
+    # last_used is a time.time() stamp until the first call, then time.monotonic(): the right reading is the
+    # smallest age that is not negative
+    ages = [a for a in (time.time() - stamp, time.monotonic() - stamp) if a >= -1.0]
+    if not ages:
+        return ""
+    age = max(0.0, min(ages))
+    if age < 1:
+        return "just now"
+    if age < 120:
+        return f"{age:.0f} s ago"
+    if age < 7200:
+        return f"{age / 60:.0f} min ago"
+    return f"{age / 3600:.0f} h ago"
+
+
+def _memory(pid: int | None) -> str:
+    if not pid:
+        return ""
+    try:
+        import psutil
+
+        rss = psutil.Process(pid).memory_info().rss
+    except Exception:  # gone, or not ours to look at
+        return ""
+    return f"{rss / 2**20:.1f} MiB"
+
+
+# -- remote exceptions, in IPython's style --------------------------------------------------------------------
+
+_OWN_DIRS = (
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(worker_kernel.__file__ or "")) + os.sep,
+)
+_IPYTHON_DIR = os.path.dirname(os.path.abspath(IPython.__file__ or "")) + os.sep
+_FRAME = re.compile(r'^  File "(?P<file>[^"]*)", line (?P<line>\d+)(?:, in (?P<func>.*))?$')
+_CARETS = re.compile(r"^\s*[~^]+\s*$")
+_EXCEPTION_LINE = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)(?P<rest>(?::.*)?)$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_NOTE_PREFIX = "Remote traceback (from the worker):"
+_PARSE_ERRORS = (OverflowError, SyntaxError, ValueError, TypeError, MemoryError)
+
+
+def _is_internal(filename: str) -> bool:
+    return filename.startswith(_OWN_DIRS) or filename.startswith(_IPYTHON_DIR) or filename.startswith("<decorator-gen")
+
+
+def _is_ours(value: BaseException, tb: types.TracebackType | None) -> bool:
+    if isinstance(getattr(value, "remote_traceback", None), str) or isinstance(value, WorkerBrokerError):
+        return True
+    if isinstance(value, (KeyboardInterrupt, asyncio.CancelledError)):  # a remote call interrupted, in the broker
+        return any(_is_own(frame) for frame in _frames(tb)[1:])
+    return False
+
+
+def _frames(tb: types.TracebackType | None) -> list[types.TracebackType]:
+    frames = []
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    return frames
+
+
+def _is_own(tb: types.TracebackType) -> bool:
+    return tb.tb_frame.f_code.co_filename.startswith(_OWN_DIRS)
+
+
+def _show_exception(
+    shell: Any, etype: type[BaseException], value: BaseException, tb: types.TracebackType | None, tb_offset: Any = None
+) -> None:
+    """IPython's custom exception handler: remote exceptions our way, every other one as IPython would."""
+    if not _is_ours(value, tb):
+        if tb is not None and tb.tb_frame.f_code.co_name != "run_code":  # raised while IPython compiled the cell
+            if issubclass(etype, IndentationError):
+                shell.showindentationerror()
+                return
+            if issubclass(etype, _PARSE_ERRORS):
+                shell.showsyntaxerror()
+                return
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset, running_compiled_code=True)
+        return
+
+    def render() -> list[str]:
+        return _structured_traceback(shell, etype, value, tb, tb_offset)
+
+    try:
+        value._render_traceback_ = render  # type: ignore[attr-defined]  # IPython's hook for remote tracebacks
+    except Exception:
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset, running_compiled_code=True)
+        return
+    try:
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset, running_compiled_code=True)
+    finally:
+        value.__dict__.pop("_render_traceback_", None)
+
+
+def _structured_traceback(
+    shell: Any, etype: type[BaseException], value: BaseException, tb: types.TracebackType | None, tb_offset: Any
+) -> list[str]:
+    """The local traceback (the broker's frames left out unless debugging), then the remote one."""
+    local = tb if debug.enabled() else _trim(tb)
+    notes = getattr(value, "__notes__", None)
+    remote = getattr(value, "remote_traceback", None)
+    if isinstance(notes, list) and isinstance(remote, str) and remote:
+        kept = [n for n in notes if not (isinstance(n, str) and n.startswith(_NOTE_PREFIX))]
+        value.__notes__ = kept  # shown below in its own block, not as a note
+        try:
+            stb = shell.InteractiveTB.structured_traceback(etype, value, local, tb_offset=tb_offset)
+        finally:
+            value.__notes__ = notes
+    else:
+        stb = shell.InteractiveTB.structured_traceback(etype, value, local, tb_offset=tb_offset)
+    if isinstance(remote, str) and remote.strip():
+        entry = _loaded.get(id(shell))
+        cells = entry[0]._cells_dir if entry is not None else None
+        name = getattr(value, "type_name", None) or etype.__name__
+        stb = list(stb) + _remote_traceback(remote, str(name), _theme(shell), cells)
+    return list(stb)
+
+
+def _trim(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """The traceback up to the first frame in wb_magic or worker_kernel (the user's code called a proxy or a
+    magic there), without IPython's magic machinery just before it."""
+    frames = _frames(tb)
+    keep = next((i for i, frame in enumerate(frames) if i > 0 and _is_own(frame)), len(frames))
+    while keep > 1 and _is_internal(frames[keep - 1].tb_frame.f_code.co_filename):
+        keep -= 1
+    if not frames or keep == len(frames):
+        return frames[0] if frames else None
+    trimmed: types.TracebackType | None = None
+    for frame in reversed(frames[:keep]):
+        trimmed = types.TracebackType(trimmed, frame.tb_frame, frame.tb_lasti, frame.tb_lineno)
+    return trimmed
+
+
+class _Plain:
+    """Formats token streams without colour: for IPython 8, and for the ``nocolor`` scheme."""
+
+    symbols = {"top_line": "-", "arrow_body": "-", "arrow_head": ">"}
+
+    def format(self, stream: list[tuple[Any, str]]) -> str:
+        return "".join(text for _, text in stream)
+
+    def make_arrow(self, width: int) -> str:
+        return "-" * (width - 2) + "> " if width >= 2 else ">" * width
+
+
+def _theme(shell: Any) -> Any:
+    try:
+        from IPython.utils.PyColorize import theme_table
+
+        return theme_table[str(shell.colors).lower()]
+    except Exception:
+        return _Plain()
+
+
+def _remote_traceback(text: str, name: str, theme: Any, cells: Path | None) -> list[str]:
+    """A worker's traceback (Python's text format) laid out as IPython lays out a local one.
+
+    The text comes from a worker and is not trusted: control characters are dropped, so that it cannot drive
+    the terminal, and nothing in it is taken for markup.
+    """
+    from pygments.token import Token
+
+    text = _CONTROL.sub("", text)
+    lines = text.rstrip("\n").split("\n")
+    width = 75
+    blocks: list[str] = []
+    frame: list[tuple[Any, str]] | None = None
+    skipping = False
+    tail: list[str] = []
+
+    def flush() -> None:
+        nonlocal frame
+        if frame is not None:
+            blocks.append(theme.format(frame))
+            frame = None
+
+    for line in lines:
+        match = _FRAME.match(line)
+        if match:
+            flush()
+            tail = []
+            filename, lineno, func = match["file"], int(match["line"]), match["func"] or "?"
+            skipping = filename.startswith(_OWN_DIRS)  # the worker kernel's own frames
+            if skipping:
+                continue
+            if cells is not None and os.path.dirname(filename) == str(cells):
+                place = [
+                    (Token.NormalEm, "Cell "),
+                    (Token.FilenameEm, f"%%wb_module {Path(filename).stem}, line {lineno}"),
+                ]
+            else:
+                place = [(Token.NormalEm, "File "), (Token.FilenameEm, f"{filename}:{lineno}")]
+            frame = [*place, (Token.Normal, ", in "), (Token.VName, func), (Token, "\n")]
+            frame_line = lineno
+            continue
+        if line.startswith("    ") and (frame is not None or skipping) and not tail:
+            if skipping or _CARETS.match(line):
+                continue
+            assert frame is not None
+            pad = 7 - len(str(frame_line))
+            frame += [(Token.LinenoEm, theme.make_arrow(pad)), (Token.LinenoEm, str(frame_line)), (Token, " ")]
+            frame += [(Token, line[4:]), (Token, "\n")]
+            continue
+        if line.startswith("Traceback (most recent call last)"):
+            flush()
+            skipping = False
+            continue
+        flush()
+        skipping = False
+        tail.append(line)
+        found = _EXCEPTION_LINE.match(line)
+        if found and len(tail) == 1:
+            blocks.append(theme.format([(Token.ExcName, found["name"]), (Token, found["rest"])]))
+        else:
+            blocks.append(theme.format([(Token, line)]))
+    flush()
+    name = _CONTROL.sub("", name)[:60]
+    header = theme.format(
+        [
+            (Token.Topline, theme.symbols["top_line"] * width),
+            (Token, "\n"),
+            (Token.ExcName, name),
+            (Token, "Remote traceback, in the worker (most recent call last)".rjust(width - len(name))),
+        ]
+    )
+    return ["", header, *blocks]
