@@ -36,7 +36,7 @@ class Config:
 
 FULL = Config(
     quick=False,
-    rounds=10,
+    rounds=20,
     warmup=200,
     max_block=1000,
     block_seconds=0.25,
@@ -45,8 +45,8 @@ FULL = Config(
     w2w_rounds=10,
     w2w_block=200,
     payload_bytes=64 * 2**20,
-    payload_repeats=10,
-    first_call_repeats=10,
+    payload_repeats=20,
+    first_call_repeats=20,
     ipykernel_repeats=5,
     import_repeats=20,
     warm_pool_repeats=10,

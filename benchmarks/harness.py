@@ -133,7 +133,7 @@ class Series:
             "note": self.note,
             "summary": {k: (v * scale if k != "n" else v) for k, v in self.summary.items()},
             "extra": self.extra,
-            "samples": [round(v * scale, 2) for v in self.samples],
+            "samples": [round(v * scale, 1) for v in self.samples],
         }
 
 

@@ -260,7 +260,9 @@ def markdown(results: Results, rows: list[dict[str, Any]], plot: str | None) -> 
     ]
     notes = {
         "hot": "Every peer runs `hello(name)` in another process and returns its string; all peers are alive at "
-        "once and measured in interleaved rounds. The floor is a pyzmq DEALER/ROUTER pair with JSON.",
+        "once and measured in interleaved rounds. The floor is a pyzmq DEALER/ROUTER pair with JSON in one frame; "
+        "*Jupyter wire by hand* is the same pair sending signed six-frame Jupyter messages (no jupyter_client): "
+        "the floor for any design that keeps the protocol.",
         "w2w": "The worker-to-worker call is timed inside the calling worker; the direct call is the host's, "
         "in the same rounds.",
         "payload": "The floor sends one frame and gets it back with `copy=False` on both sides (a memoryview).",

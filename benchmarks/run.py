@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = report.targets(results)
     data = results.to_json()
     data["targets"] = rows
-    (out / "benchmarks.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / "benchmarks.json").write_text(_dump(data))
     plotted = report.plot(results, out / "benchmarks.png")
     (out / "benchmarks.md").write_text(report.markdown(results, rows, "benchmarks.png" if plotted else None))
     width = max(len(r["what"]) for r in rows)
@@ -79,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['what']:<{width}}  {r['status']:<4}  {ratio}{r['measured']}")
     print(f"wrote {out / 'benchmarks.md'}, benchmarks.json" + (", benchmarks.png" if plotted else ""))
     return 1 if results.errors else 0
+
+
+def _dump(data: dict) -> str:
+    """JSON, indented, with each series on one line (samples are many)."""
+    series = data.pop("series")
+    text = json.dumps(data, indent=1, ensure_ascii=False)
+    lines = ",\n  ".join(json.dumps(s, ensure_ascii=False) for s in series)
+    data["series"] = series
+    return text[:-2] + f',\n "series": [\n  {lines}\n ]\n}}\n'
 
 
 def _reap() -> None:

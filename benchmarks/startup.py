@@ -37,12 +37,9 @@ def import_zmq(results: Results, config: Config) -> None:
         subprocess.run(command, check=True)
         samples.append(time.perf_counter() - start)
     results.add(Series("startup.import_zmq", "startup", 'python -c "import zmq"', samples))
-    peak = subprocess.run(
-        [sys.executable, "-c", "import zmq, resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    # VmHWM, not ru_maxrss: the latter survives exec, so a child of a large parent would report the parent's
+    code = "import zmq\nprint([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
+    peak = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     results.facts["import_zmq_max_rss_mib"] = int(peak.stdout) / 1024
 
 

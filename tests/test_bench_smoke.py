@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ALWAYS = [
     "hot.wb_magic",
     "hot.pyzmq",
+    "hot.pyzmq_jupyter",
     "hot.mp_pipe",
     "hot.process_pool",
     "hot.ipykernel",

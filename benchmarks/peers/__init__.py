@@ -55,5 +55,6 @@ def all_peers() -> list[type[Peer]]:
     from .rpyc_peer import RPyC
     from .wb import WBMagic
     from .zmq_json import ZmqJson
+    from .zmq_jupyter import ZmqJupyter
 
-    return [ZmqJson, MPPipe, WBMagic, ProcessPool, RPyC, Pyro, IPyKernel, IPyParallel]
+    return [ZmqJson, ZmqJupyter, MPPipe, WBMagic, ProcessPool, RPyC, Pyro, IPyKernel, IPyParallel]
