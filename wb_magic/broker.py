@@ -22,7 +22,7 @@ import zmq
 from worker_kernel.codec import DecodeError, decode_value, encode_value, exception_from_wire, exception_to_wire
 from worker_kernel.loader import is_file_spec, module_name_for, resolve_module
 from worker_kernel.proxy import ModuleProxy, make_function
-from worker_kernel.wire import WB_BROKER, WB_CALL, WB_IMPORT, WB_INSPECT, Message, WireError
+from worker_kernel.wire import WB_BROKER, WB_CALL, WB_IMPORT, WB_INSPECT, Message, WireError, recv_frames, send_frames
 
 from .cleaner import EventType, WorkerCleaner, WorkerEvent
 from .connection import WorkerConnection, now, pidfd
@@ -309,7 +309,7 @@ class WorkerBroker:
             if worker.dead:
                 self._end(call, WorkerDied(f"worker {worker.key!r} ended before the call was sent"))
                 return
-            worker.connection.shell.send_multipart(frames, copy=len(buffers) == 0)  # type: ignore[union-attr]
+            send_frames(worker.connection.shell, frames)  # type: ignore[union-attr]
 
         if leader:
             return send
@@ -386,7 +386,7 @@ class WorkerBroker:
         def send() -> None:
             if not worker.dead:
                 _, frames = worker.connection.session.message("interrupt_request", content)  # type: ignore[union-attr]
-                worker.connection.control.send_multipart(frames)  # type: ignore[union-attr]
+                send_frames(worker.connection.control, frames)  # type: ignore[union-attr]
 
         self._pump.soon(send)
 
@@ -395,9 +395,8 @@ class WorkerBroker:
     def _receive(self, worker: Worker, sock: zmq.Socket) -> Iterator[Message]:
         session = worker.connection.session  # type: ignore[union-attr]
         for _ in range(MAX_DRAIN):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = recv_frames(sock, block=False)
+            if frames is None:
                 return
             try:
                 yield session.parse(frames)
@@ -454,9 +453,9 @@ class WorkerBroker:
         def answer(content: dict[str, Any], buffers: list[Any] | tuple = ()) -> None:
             if not source.dead:
                 _, frames = source.connection.session.message(  # type: ignore[union-attr]
-                    "wb_broker_reply", content, parent=msg.header, buffers=buffers
+                    "wb_broker_reply", content, parent=msg.raw_header, buffers=buffers
                 )
-                source.connection.stdin.send_multipart(frames, copy=not buffers)  # type: ignore[union-attr]
+                send_frames(source.connection.stdin, frames)  # type: ignore[union-attr]
 
         try:
             spec, function, timeout = c.get("target"), c.get("function"), c.get("timeout")
@@ -554,7 +553,7 @@ class WorkerBroker:
     def _request_shutdown(self, worker: Worker) -> None:
         if not worker.dead:
             _, frames = worker.connection.session.message("shutdown_request", {"restart": False})  # type: ignore[union-attr]
-            worker.connection.control.send_multipart(frames)  # type: ignore[union-attr]
+            send_frames(worker.connection.control, frames)  # type: ignore[union-attr]
 
 
 _RELAYED = ("status", "value", "ename", "emodule", "evalue", "eargs", "traceback")

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from math import isfinite as _isfinite
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -27,6 +28,7 @@ from .errors import CallTimeout, RemoteError, WorkerBrokerError, WorkerDied, Wor
 
 TAG = "$w"
 _PLAIN = (str, int, float, bool, type(None))
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,12 @@ def _lookup(value: Any) -> Marshaller | None:
 def encode(value: Any, buffers: list[Any]) -> Any:
     """The JSON-able form of ``value``; binary parts are appended to ``buffers``."""
     cls = type(value)
-    if cls in _PLAIN:
+    if cls is str or cls is bool or value is None:
         return value
+    if cls is int:  # JSON libraries differ beyond 64 bits: larger ints travel as text
+        return value if _INT_MIN <= value <= _INT_MAX else {TAG: "int", "v": str(value)}
+    if cls is float:  # and JSON has no nan or infinity
+        return value if _isfinite(value) else {TAG: "float", "v": repr(value)}
     if cls is list:
         out = []
         for i, item in enumerate(value):
@@ -148,7 +154,7 @@ def encode(value: Any, buffers: list[Any]) -> Any:
         return {TAG: cls.__name__.lower(), "b": len(buffers) - 1}
     for base in _PLAIN[:3]:
         if isinstance(value, base):  # subclasses (IntEnum, numpy.float64, str enums) travel as their base
-            return base(value)
+            return encode(base(value), buffers)
     marshaller = _lookup(value)
     if marshaller is None:
         raise _Miss(value)
@@ -319,6 +325,8 @@ def _exception_decode(payload: dict[str, Any]) -> BaseException:
 
 
 _BUILT_INS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] = [
+    ("int", int, str, int),  # encoded by `encode` itself; here for decoding
+    ("float", float, repr, float),
     ("tuple", tuple, list, tuple),
     ("set", set, list, set),
     ("frozenset", frozenset, list, frozenset),

@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from .wire import Session
+from .wire import Session, send_frames
 
 log = logging.getLogger("worker_kernel")
 
@@ -25,11 +25,12 @@ QUEUE_LIMIT = 1000  # messages held before the first subscriber; the oldest are 
 
 
 class Request:
-    """The request being served, as the output streams see it: its header and how many outputs it made."""
+    """The request being served, as the output streams see it: its header (raw JSON) and how many outputs it
+    made."""
 
     __slots__ = ("header", "idents", "outputs")
 
-    def __init__(self, header: dict[str, Any], idents: list[bytes]) -> None:
+    def __init__(self, header: bytes, idents: list[bytes]) -> None:
         self.header = header
         self.idents = idents
         self.outputs = 0
@@ -46,15 +47,15 @@ class IOPub:
         self._held: deque[list[Any]] = deque(maxlen=QUEUE_LIMIT)
         self.subscribed = False
 
-    def publish(self, msg_type: str, content: dict[str, Any], parent: dict[str, Any] | None = None) -> None:
+    def publish(self, msg_type: str, content: dict[str, Any], parent: bytes | dict[str, Any] | None = None) -> None:
         _, frames = self.session.message(msg_type, content, parent=parent)
         with self._lock:
             if self.subscribed:
-                self.socket.send_multipart(frames)
+                send_frames(self.socket, frames)
             else:
                 self._held.append(frames)
 
-    def status(self, state: str, parent: dict[str, Any] | None = None) -> None:
+    def status(self, state: str, parent: bytes | dict[str, Any] | None = None) -> None:
         self.publish("status", {"execution_state": state}, parent)
 
     def take_subscriptions(self) -> None:
@@ -65,7 +66,7 @@ class IOPub:
                 if notice[:1] == b"\x01" and not self.subscribed:
                     self.subscribed = True
                     while self._held:
-                        self.socket.send_multipart(self._held.popleft())
+                        send_frames(self.socket, self._held.popleft())
 
     def close(self) -> None:
         with self._lock:

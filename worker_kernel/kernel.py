@@ -31,7 +31,7 @@ from .codec import Unencodable, decode_value, encode_value, exception_from_wire,
 from .errors import CallTimeout
 from .iopub import IOPub, OutputStream, Request, current_request
 from .runner import CallContext, CallRunner, current
-from .wire import WB_BROKER, Message, Session, WireError, reply_type
+from .wire import WB_BROKER, Message, Session, WireError, recv_frames, reply_type, send_frames
 
 log = logging.getLogger("worker_kernel")
 
@@ -131,8 +131,7 @@ class WorkerKernel:
 
     def _receive(self, sock: zmq.Socket) -> Message | None:
         """One message from ``sock`` if one is waiting; malformed or unsigned messages are dropped."""
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator,arg-type]
-            frames = sock.recv_multipart(copy=False)
+        while (frames := recv_frames(sock, block=False)) is not None:
             try:
                 return self.session.parse(frames)
             except WireError as exc:
@@ -174,12 +173,12 @@ class WorkerKernel:
         _, frames = self.session.message(
             reply_type(request.msg_type),
             content,
-            parent=request.header,
+            parent=request.raw_header,
             metadata=metadata,
             buffers=buffers or (),
             idents=request.idents,
         )
-        sock.send_multipart(frames, copy=len(frames) < 8)
+        send_frames(sock, frames)
 
     def _unknown(self, msg: Message) -> None:
         self._reply(
@@ -204,7 +203,7 @@ class WorkerKernel:
 
     def _wb_call(self, msg: Message) -> None:
         c = msg.content
-        request = Request(msg.header, msg.idents)
+        request = Request(msg.raw_header, msg.idents)
         try:
             module = self.runner.module(str(c["module"]), c.get("cache_buster"))
             fn = self.runner.function(module, str(c["function"]))
@@ -312,13 +311,13 @@ class WorkerKernel:
         )
         self._waiting[msg_id] = None
         try:
-            self.stdin.send_multipart(frames)
+            send_frames(self.stdin, frames)
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
             # the broker's stdin connection is still being made: its hello tells us when it is up
             self._await_stdin_peer(idents[0] if idents else b"")
-            self.stdin.send_multipart(frames)
+            send_frames(self.stdin, frames)
         return msg_id
 
     def _await_stdin_peer(self, identity: bytes, timeout: float = 30.0) -> None:
@@ -379,7 +378,7 @@ class WorkerKernel:
     def _execute(self, msg: Message) -> None:
         from .execute import execute
 
-        request = Request(msg.header, msg.idents)
+        request = Request(msg.raw_header, msg.idents)
         token = current_request.set(request)
         self._sync_depth += 1
         try:
@@ -415,11 +414,11 @@ class WorkerKernel:
     def _serve_control(self) -> None:
         while True:
             try:
-                frames = self.control.recv_multipart(copy=False)
+                frames = recv_frames(self.control)
             except zmq.ZMQError:
                 return
             try:
-                msg = self.session.parse(frames)
+                msg = self.session.parse(frames or [])
             except WireError as exc:
                 log.warning("dropped a control message: %s", exc)
                 continue
