@@ -175,7 +175,7 @@ def test_wb_proxy_finds_dotted_modules(ip, workers_dir, monkeypatch):
         ("%wb_debug loud", "%wb_debug takes on or off, not 'loud'"),
         ("%%wb_module\nx = 1", "the following arguments are required: name"),
         ("%%wb_module my-module\nx = 1", "NAME must be a Python identifier, not 'my-module'"),
-        ("%%wb_module broken\ndef f():\n    return (\n", "syntax error in %%wb_module broken, line 2: '(' was never closed"),
+        ("%%wb_module broken\ndef f():\n    return (\n", "error in %%wb_module broken, line 2: '(' was never closed"),
     ],
 )
 def test_bad_input_gets_one_clear_line(ip, workers_dir, monkeypatch, line, expected):
