@@ -40,6 +40,8 @@ Constructor = Callable[[str, "str | None"], WorkerSpec]
 OUTPUT_GRACE = 1.0  # how long a finished call waits for stream output the worker says it sent
 INTERRUPT_GRACE = 5.0  # how long an interrupted call waits for the worker to answer before giving up
 EXIT_GRACE = 2.0  # how long a worker asked to shut down gets before it is killed
+UNSENT_RETRIES = 1  # a call whose worker was removed before the call left is sent once more, to a fresh worker
+DEFAULT_WARM_WORKERS = 1  # see docs/benchmarks.md: one warm kernel costs ~20 MB and saves ~0.1 s per new worker
 MAX_DRAIN = 256  # messages taken from one socket per turn, so that one chatty worker cannot starve the rest
 
 
@@ -48,8 +50,10 @@ class WorkerBroker:
 
     ``worker_key_supplier(module, segregation_id)`` maps targets to worker keys (several modules may share a
     worker); ``worker_constructor(module, segregation_id)`` returns the `WorkerSpec` to launch a worker with;
-    ``worker_cleaner`` receives every `WorkerEvent`; ``call_timeout`` (seconds) bounds every call unless a
-    proxy sets its own.
+    ``worker_cleaner`` receives every `WorkerEvent` (see `wb_magic.cleaner`); ``call_timeout`` (seconds) bounds
+    every call unless a proxy sets its own. ``warm_workers`` kernels are kept started and unassigned, so that
+    the first call to a new module waits only for its import; they are used for workers whose spec is the
+    default `WorkerSpec()` (the pool's workers get no other permissions or options).
     """
 
     def __init__(
@@ -58,6 +62,8 @@ class WorkerBroker:
         worker_constructor: Constructor | None = None,
         worker_cleaner: WorkerCleaner | None = None,
         call_timeout: float | None = None,
+        *,
+        warm_workers: int = DEFAULT_WARM_WORKERS,
     ) -> None:
         self.worker_key_supplier = worker_key_supplier
         self.worker_constructor = worker_constructor
@@ -72,6 +78,14 @@ class WorkerBroker:
         self._lock = threading.RLock()
         self._end_lock = threading.Lock()
         self.closed = False
+        self.warm_workers = max(0, warm_workers)
+        self._pool: list[Worker] = []  # started kernels with no module yet, launched with the default spec
+        self._pool_spec = WorkerSpec()
+        self._pool_wanted = threading.Event()
+        self._pool_changed = threading.Condition(self._lock)
+        if self.warm_workers:
+            self._pool_wanted.set()
+            threading.Thread(target=self._fill_pool, name="wb-warm-pool", daemon=True).start()
         _live_brokers.add(self)
 
     # -- public API -------------------------------------------------------------------------------------------
@@ -125,12 +139,25 @@ class WorkerBroker:
         self._shutdown(workers, "the broker was terminated")
         self._emit("terminate", None)
 
+    def evict(self, worker: Worker) -> bool:
+        """Remove ``worker`` unless it has a call in flight (for cleaners). True if it was removed."""
+        with self._lock:
+            if worker.pending or worker.dead or self._workers.get(worker.key) is not worker:
+                return False
+            del self._workers[worker.key]
+        self._shutdown([worker], "the cleaner removed it")
+        return True
+
     def close(self) -> None:
         """Terminate, and release the broker's own resources. Idempotent."""
         if self.closed:
             return
         self.terminate()
-        self.closed = True
+        with self._lock:
+            self.closed = True
+            pool, self._pool = self._pool, []
+        self._pool_wanted.set()
+        self._shutdown(pool, "the broker was closed")
         self._pump.close()
         self._context.destroy(linger=0)
         _live_brokers.discard(self)
@@ -146,6 +173,17 @@ class WorkerBroker:
         """A snapshot of the live workers."""
         with self._lock:
             return [w.info() for w in self._workers.values() if not w.dead]
+
+    @property
+    def warm_pids(self) -> list[int | None]:
+        """The process ids of the warm, unassigned kernels."""
+        with self._lock:
+            return [w.pid for w in self._pool if not w.dead]
+
+    def wait_for_warm_pool(self, timeout: float | None = None) -> bool:
+        """Block until ``warm_workers`` kernels are started and waiting; False on timeout."""
+        with self._pool_changed:
+            return self._pool_changed.wait_for(lambda: len(self._pool) >= self.warm_workers, timeout)
 
     def worker_for(self, target: Target) -> Worker | None:
         """The live worker that serves ``target``, if one runs."""
@@ -166,24 +204,27 @@ class WorkerBroker:
         buffers: list[Any] = []
         content = self._call_content(module, segregation_id, function, args, kwargs, buffers)
         loop = asyncio.get_running_loop()
-        worker = self._live_worker(module, segregation_id)
-        if worker is None:  # launching blocks for a moment: not on the event loop
-            worker = await loop.run_in_executor(None, self._worker, module, segregation_id)
-        call = Call(worker.connection.session.new_id(), worker, function, sys.stdout, sys.stderr)  # type: ignore[union-attr]
-        call.loop = loop
-        call.future = loop.create_future()
-        self._pump.async_started()
-        self._send_call(worker, call, WB_CALL, content, buffers, leader=False)
         timeout = self.call_timeout if timeout is None else timeout
-        try:
-            await asyncio.wait_for(asyncio.shield(call.future), timeout)
-        except asyncio.TimeoutError:
-            self._interrupt(worker, call)
-            self._abandon(call, CallTimeout(f"{function}() in worker {worker.key!r} took longer than {timeout} s"))
-        except asyncio.CancelledError:
-            self._interrupt(worker, call)
-            self._abandon(call, WorkerBrokerError("cancelled"))
-            raise
+        for _ in range(UNSENT_RETRIES + 1):
+            worker = self._live_worker(module, segregation_id)
+            if worker is None:  # launching blocks for a moment: not on the event loop
+                worker = await loop.run_in_executor(None, self._worker, module, segregation_id)
+            call = Call(worker.connection.session.new_id(), worker, function, sys.stdout, sys.stderr)  # type: ignore[union-attr]
+            call.loop = loop
+            call.future = loop.create_future()
+            self._pump.async_started()
+            self._send_call(worker, call, WB_CALL, content, buffers, leader=False)
+            try:
+                await asyncio.wait_for(asyncio.shield(call.future), timeout)
+            except asyncio.TimeoutError:
+                self._interrupt(worker, call)
+                self._abandon(call, CallTimeout(f"{function}() in worker {worker.key!r} took longer than {timeout} s"))
+            except asyncio.CancelledError:
+                self._interrupt(worker, call)
+                self._abandon(call, WorkerBrokerError("cancelled"))
+                raise
+            if not call.unsent:
+                break
         return self._outcome(call)
 
     def describe(self, target: Any) -> tuple[Any, dict[str, Any]]:
@@ -240,25 +281,57 @@ class WorkerBroker:
                 return self._touch(worker, module)
             if self.closed:
                 raise WorkerBrokerError("the broker is closed")
+            if is_file_spec(module) and not os.path.isfile(module):
+                raise FileNotFoundError(f"no module file {module!r}")
             spec = self.worker_constructor(module, segregation_id) if self.worker_constructor else WorkerSpec()
-            worker = self._start(key, module, segregation_id, spec)
+            worker = self._from_pool(spec) or self._launch(spec, module)
+            worker.key, worker.module, worker.modules, worker.segregation_id = key, module, {module}, segregation_id
+            worker.last_used = now()
             self._workers[key] = worker
         self._emit("create", worker)
         return worker
 
-    def _start(self, key: Hashable, module: str, segregation_id: str | None, spec: WorkerSpec) -> Worker:
-        if is_file_spec(module) and not os.path.isfile(module):
-            raise FileNotFoundError(f"no module file {module!r}")
+    def _from_pool(self, spec: WorkerSpec) -> Worker | None:
+        if spec != self._pool_spec:
+            return None
+        while self._pool:
+            worker = self._pool.pop(0)
+            self._pool_wanted.set()
+            if not worker.dead:
+                return worker
+        return None
+
+    def _fill_pool(self) -> None:
+        """Keep ``warm_workers`` unassigned kernels started (a thread of its own)."""
+        while not self.closed:
+            self._pool_wanted.wait()
+            self._pool_wanted.clear()
+            while not self.closed and len(self._pool) < self.warm_workers:
+                try:
+                    worker = self._launch(self._pool_spec, "the warm pool")
+                except Exception:
+                    log.exception("could not start a worker for the warm pool")
+                    return
+                with self._lock:
+                    keep = not self.closed
+                    if keep:
+                        self._pool.append(worker)
+                        self._pool_changed.notify_all()
+                if not keep:
+                    self._shutdown([worker], "the broker was closed")
+
+    def _launch(self, spec: WorkerSpec, purpose: str) -> Worker:
+        """Start a kernel and connect to it; the worker has no module until the caller assigns one."""
         try:
             manager = launch(spec)
         except Exception as exc:
-            raise WorkerStartError(f"could not launch a worker for {module!r}: {exc}") from exc
-        worker = Worker(key, module, segregation_id, spec, manager)
+            raise WorkerStartError(f"could not launch a worker for {purpose}: {exc}") from exc
+        worker = Worker(None, "", None, spec, manager)
         info: dict[str, Any] = dict(manager.get_connection_info())
         worker.connection = WorkerConnection(self._context, info, self._identity)
         worker.pid = process_id(manager)
         worker.pidfd = pidfd(worker.pid)
-        log.debug("started worker %r (pid %s) for %s", key, worker.pid, module)
+        log.debug("started worker (pid %s) for %s", worker.pid, purpose)
         conn = worker.connection
         self._pump.register(conn.shell, lambda: self._on_shell(worker))
         self._pump.register(conn.iopub, lambda: self._on_iopub(worker))
@@ -267,7 +340,7 @@ class WorkerBroker:
         if worker.pidfd is not None:
             self._pump.register(worker.pidfd, lambda: self._on_exit(worker))
         else:
-            log.warning("cannot watch worker %r's process: a crash is noticed only when a call is made", key)
+            log.warning("cannot watch worker pid %s: a crash is noticed only when a call is made", worker.pid)
         return worker
 
     def _emit(self, kind: EventType, worker: Worker | None) -> None:
@@ -307,6 +380,7 @@ class WorkerBroker:
 
         def send() -> None:
             if worker.dead:
+                call.unsent = True  # removed (by a cleaner, say) between our choosing it and sending: retried
                 self._end(call, WorkerDied(f"worker {worker.key!r} ended before the call was sent"))
                 return
             send_frames(worker.connection.shell, frames)  # type: ignore[union-attr]
@@ -327,6 +401,22 @@ class WorkerBroker:
         timeout: float | None,
     ) -> Call:
         """Send a request to the target's worker and wait for the reply on this thread."""
+        for _ in range(UNSENT_RETRIES + 1):
+            call = self._round_trip_once(module, segregation_id, msg_type, content, buffers, function, timeout)
+            if not call.unsent:
+                break
+        return call
+
+    def _round_trip_once(
+        self,
+        module: str,
+        segregation_id: str | None,
+        msg_type: str,
+        content: dict[str, Any],
+        buffers: list[Any],
+        function: str,
+        timeout: float | None,
+    ) -> Call:
         worker = self._worker(module, segregation_id)
         call = Call(worker.connection.session.new_id(), worker, function, sys.stdout, sys.stderr)  # type: ignore[union-attr]
         send = self._send_call(worker, call, msg_type, content, buffers, leader=True)
@@ -523,6 +613,9 @@ class WorkerBroker:
         with self._lock:
             if self._workers.get(worker.key) is worker:
                 del self._workers[worker.key]
+            elif worker in self._pool:
+                self._pool.remove(worker)
+                self._pool_wanted.set()
         if worker.manager is not None:
             process = getattr(worker.manager.provisioner, "process", None)
             if process is not None:
@@ -531,7 +624,8 @@ class WorkerBroker:
                 worker.manager.cleanup_resources()
             except Exception:
                 log.debug("cleaning up after worker %r failed", worker.key, exc_info=True)
-        self._emit("remove", worker)
+        if worker.module:  # a warm worker that never got a module was never announced
+            self._emit("remove", worker)
 
     def _shutdown(self, workers: list[Worker], why: str) -> None:
         """Ask workers to shut down, kill those that do not within EXIT_GRACE, and discard them."""

@@ -20,7 +20,7 @@ class Call:
 
     __slots__ = (
         "msg_id", "worker", "function", "reply", "error", "done", "outputs", "stdout", "stderr",
-        "future", "loop", "on_done",
+        "future", "loop", "on_done", "unsent",
     )  # fmt: skip
 
     def __init__(
@@ -38,6 +38,7 @@ class Call:
         self.future: Any = None
         self.loop: Any = None
         self.on_done: Callable[[Call], None] | None = None
+        self.unsent = False
 
 
 @dataclass(frozen=True)

@@ -79,3 +79,20 @@ def make_array(n: int):
 
 def environment(name: str):
     return os.environ.get(name)
+
+
+_kept = []
+
+
+def allocate(megabytes: int) -> int:
+    """Hold on to that much memory, touched so that it counts."""
+    _kept.append(bytearray(megabytes * 1024 * 1024))
+    return sum(len(b) for b in _kept)
+
+
+def wait_for_file(path: str):
+    """Say so, then wait until ``path`` exists (polling inside the worker is fine: the test waits on the print)."""
+    print("waiting", flush=True)
+    while not os.path.exists(path):
+        time.sleep(0.005)
+    return "released"
