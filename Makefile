@@ -22,6 +22,7 @@ lint: $(STAMP)
 
 test: lint
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest --nbval --nbval-current-env notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
 # the benchmark suite beside its peers (the bench extra); writes docs/benchmarks.{md,json,png}
 bench: $(STAMP)

@@ -1,0 +1,3 @@
+"""A module that other modules import to share a value (within one process)."""
+
+value = "initial"
