@@ -1,8 +1,9 @@
 """``python -m benchmarks.profile [--seconds S] [--out DIR]``: where a hot call's microseconds go, on both sides.
 
-A sync proxy calls ``hello("World")`` in a loop while py-spy samples the host process and the worker process
+A sync proxy calls ``hello("World")`` in a loop (``--mode pipelined``: an async proxy, 100 calls gathered at a
+time) while py-spy samples the host process and the worker process
 at once (``--idle``, so that samples stand for wall time; py-spy needs root or ptrace rights). Each side's
-main-thread samples are turned into microseconds per call: self time by function, and time inside each of our
+busy threads' samples are turned into microseconds per call: self time by function, and time inside each of our
 own functions. Then pyinstrument profiles the host in-process, for a call tree. Writes to DIR:
 ``profile-summary.txt``, ``profile-host.raw`` / ``profile-worker.raw`` (collapsed stacks, for flame graphs)
 and ``profile-host-pyinstrument.txt``.
@@ -11,6 +12,7 @@ and ``profile-host-pyinstrument.txt``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import shutil
@@ -89,8 +91,15 @@ def _main_thread(threads: dict[str, Counter[tuple[str, ...]]]) -> Counter[tuple[
     return max(threads.values(), key=lambda stacks: sum(stacks.values()), default=Counter())
 
 
+def _idle(stacks: Counter[tuple[str, ...]]) -> bool:
+    """A thread that sat in one place nearly all the time (a heartbeat, a control channel)."""
+    total = sum(stacks.values())
+    return total == 0 or stacks.most_common(1)[0][1] > 0.95 * total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=("hot", "pipelined"), default="hot", help="sync calls, or async gathers")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=15)
@@ -104,10 +113,24 @@ def main(argv: list[str] | None = None) -> int:
 
     report: list[str] = []
     with WorkerBroker(call_timeout=60) as broker:
-        hello = broker.worker_proxy(str(MODULES / "target.py")).hello
-        for _ in range(2000):
-            hello("World")
-        worker = broker.worker_for(str(MODULES / "target.py"))
+        target = str(MODULES / "target.py")
+        hello = broker.worker_proxy(target).hello
+        ahello = broker.worker_proxy(target, asynchronous=True).hello
+        loop = asyncio.new_event_loop()
+
+        async def gather() -> None:
+            await asyncio.gather(*(ahello("World") for _ in range(100)))
+
+        def batch() -> None:  # 100 calls
+            if options.mode == "pipelined":
+                loop.run_until_complete(gather())
+            else:
+                for _ in range(100):
+                    hello("World")
+
+        for _ in range(20):
+            batch()
+        worker = broker.worker_for(target)
         assert worker is not None and worker.pid is not None
         paths = {"host": out / "profile-host.raw", "worker": out / "profile-worker.raw"}
         spies = {
@@ -117,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         # calls run from before py-spy attaches until after it stops, so every sample falls within the loop
         calls, start = 0, time.perf_counter()
         while any(spy.poll() is None for spy in spies.values()) and time.perf_counter() - start < 3 * options.seconds:
-            for _ in range(100):
-                hello("World")
+            batch()
             calls += 100
         wall = time.perf_counter() - start
         for side, spy in spies.items():
@@ -126,18 +148,23 @@ def main(argv: list[str] | None = None) -> int:
             if spy.returncode != 0 or not paths[side].exists():
                 raise RuntimeError(f"py-spy on the {side} failed: {err.strip()}")
         per_call_us = 1e6 * wall / calls
+        what = "100 async calls at once (gather)" if options.mode == "pipelined" else "a sync proxy, one at a time"
         report.append(
-            f"hot call hello('World') through a sync proxy: {calls} calls in {wall:.1f} s, {per_call_us:.0f} us "
-            f"each (under py-spy at {options.rate} Hz on both sides)"
+            f"hello('World') through {what}: {calls} calls in {wall:.1f} s, {per_call_us:.0f} us each "
+            f"(under py-spy at {options.rate} Hz on both sides)"
         )
-        host = _main_thread(parse(paths["host"]))
-        in_calls = sum(c for stack, c in host.items() if any("invoke" in f for f in stack))
-        # the host's samples inside calls stand for one call's duration, share by share; the worker is sampled at
-        # the same rate over the same time, so its samples weigh the same
-        per_sample_us = per_call_us / max(1, in_calls)
-        for side, stacks in (("host", host), ("worker", _main_thread(parse(paths["worker"])))):
-            report += ["", f"== {side} (pid {os.getpid() if side == 'host' else worker.pid}), per call"]
-            report += summarize(stacks, per_sample_us, options.top)
+        sides = {"host": parse(paths["host"]), "worker": parse(paths["worker"])}
+        main_samples = sum(_main_thread(sides["host"]).values())
+        # the host's main thread is busy with calls the whole time: its samples stand for the wall time, and
+        # every thread on both sides is sampled at the same rate over the same time
+        per_sample_us = per_call_us / max(1, main_samples)
+        for side, threads in sides.items():
+            for name, stacks in threads.items():
+                if "MainThread" not in name and _idle(stacks):
+                    continue
+                pid = os.getpid() if side == "host" else worker.pid
+                report += ["", f"== {side} (pid {pid}), {name.split(':', 1)[-1].strip()}, per call"]
+                report += summarize(stacks, per_sample_us, options.top)
 
         # pyinstrument: a call tree of the host side, in-process
         try:
@@ -146,13 +173,14 @@ def main(argv: list[str] | None = None) -> int:
             report += ["", "(pyinstrument is not installed: no call tree)"]
         else:
             profiler = Profiler(interval=0.0001)
-            n = max(1000, calls // 4)
+            n = max(10, calls // 400)
             profiler.start()
             for _ in range(n):
-                hello("World")
+                batch()
             profiler.stop()
+            loop.close()
             text = profiler.output_text(unicode=True, color=False, show_all=False)
-            (out / "profile-host-pyinstrument.txt").write_text(f"{n} calls of hello('World')\n{text}")
+            (out / "profile-host-pyinstrument.txt").write_text(f"{100 * n} calls of hello('World')\n{text}")
     summary = "\n".join(report) + "\n"
     (out / "profile-summary.txt").write_text(summary)
     print(summary)
