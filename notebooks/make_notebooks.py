@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, output_from_msg
 
@@ -58,8 +59,8 @@ function that tells us which process it runs in.
 """),
     code('print(open("modules/hello.py").read())'),
     md("""
-`%wb_proxy` makes a proxy of the module and puts it in a variable named after the module: `hello`. Nothing
-runs yet; the worker starts with the first call.
+`%wb_proxy` starts a worker for the module, imports the module there, and puts a proxy of it in a variable
+named after the module: `hello`. Calling `hello.hello(...)` sends the call to the worker.
 """),
     code("""
 %wb_proxy modules/hello.py
@@ -96,7 +97,7 @@ the notebook that starts workers and carries calls) lists its workers:
     code("""
 import wb_magic
 
-[(w.module.endswith("modules/hello.py"), w.segregation_id) for w in wb_magic.get_broker().workers]
+len(wb_magic.get_broker().workers)  # how many workers run
 """),
     md("""
 ## Asynchronous proxies
@@ -522,9 +523,17 @@ def build(name: str, cells: list[Any]) -> Path:
     return path
 
 
+class ThisPython(KernelSpecManager):
+    """The ipykernel of the Python running this script (as nbval's --nbval-current-env), whatever is installed."""
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        return KernelSpec(argv=argv, display_name="Python 3 (ipykernel)", language="python", interrupt_mode="signal")
+
+
 def execute(nb: Any, cwd: Path) -> None:
     """Run every code cell in a fresh kernel and store its outputs (errors included) and execution count."""
-    manager = KernelManager(kernel_name="python3")
+    manager = KernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
     manager.start_kernel(cwd=str(cwd))
     client = manager.client()
     client.start_channels()

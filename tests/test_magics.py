@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -146,10 +147,11 @@ def test_wb_proxy_timeout(ip, workers_dir):
     assert ok(ip, "impatient.echo('still there')") == "still there"
 
 
-def test_wb_proxy_finds_dotted_modules(ip, workers_dir, monkeypatch):
-    monkeypatch.chdir(workers_dir)  # the worker starts here, so `lib.state` is importable in it
-    ok(ip, "%wb_proxy lib.state")
-    assert ok(ip, "state.put('x'), state.get()") == ("x", "x")
+def test_wb_proxy_finds_dotted_modules(ip):
+    ok(ip, "%wb_proxy textwrap")
+    assert ok(ip, "textwrap.dedent('    indented')") == "indented"
+    ok(ip, "%wb_proxy email.utils")  # bound under its last name
+    assert ok(ip, "utils.parseaddr('Ada <ada@example.com>')") == ("Ada", "ada@example.com")
 
 
 @pytest.mark.parametrize(
@@ -408,9 +410,19 @@ class Kernel:
     """An ipykernel, as a notebook runs one, with the extension loaded."""
 
     def __init__(self, cwd: Path) -> None:
-        from jupyter_client.manager import start_new_kernel
+        from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+        from jupyter_client.manager import KernelManager
 
-        self.manager, self.client = start_new_kernel(kernel_name="python3", cwd=str(cwd), startup_timeout=60)
+        class ThisPython(KernelSpecManager):  # the ipykernel of this environment, whatever kernels are installed
+            def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+                argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+                return KernelSpec(argv=argv, display_name="Python", language="python", interrupt_mode="signal")
+
+        self.manager = KernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
+        self.manager.start_kernel(cwd=str(cwd))
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
 
     def execute(self, code: str, *, interrupt_on: str | None = None, timeout: float = 60) -> tuple[str, list]:
         """Run a cell; (status, its iopub outputs). ``interrupt_on``: press interrupt when that text streams."""
