@@ -214,6 +214,22 @@ def machine() -> dict[str, Any]:
     return info
 
 
+# -- wb-magic ------------------------------------------------------------------------------------------------
+
+
+def new_broker(*, warm_workers: int = 0, **kwargs: Any) -> Any:
+    """A `WorkerBroker`, without a warm pool unless one is asked for (the default broker may keep one)."""
+    import inspect
+
+    from wb_magic import WorkerBroker
+
+    if "warm_workers" in inspect.signature(WorkerBroker).parameters:
+        kwargs["warm_workers"] = warm_workers
+    elif warm_workers:
+        raise TypeError("this WorkerBroker has no warm pool")
+    return WorkerBroker(**kwargs)
+
+
 # -- peer servers ----------------------------------------------------------------------------------------------
 
 

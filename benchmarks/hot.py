@@ -6,7 +6,7 @@ import traceback
 from collections.abc import Callable
 
 from .config import Config
-from .harness import MODULES, Results, Series, interleaved, timed
+from .harness import MODULES, Results, Series, interleaved, new_broker, timed
 from .peers import Peer, all_peers
 from .work import EXPECTED
 
@@ -114,9 +114,7 @@ def pipelined(results: Results, config: Config, only: set[str] | None) -> None:
 
 def worker_to_worker(results: Results, config: Config) -> None:
     """relay.py calls target.py through the broker, timed inside relay's worker, beside the direct hot call."""
-    from wb_magic import WorkerBroker
-
-    with WorkerBroker(call_timeout=300) as broker:
+    with new_broker(call_timeout=300) as broker:
         direct = broker.worker_proxy(str(MODULES / "target.py")).hello
         relay = broker.worker_proxy(str(MODULES / "relay.py"))
         if relay.forward("World") != EXPECTED or direct("World") != EXPECTED:

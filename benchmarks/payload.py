@@ -7,13 +7,11 @@ The floor sends the payload as one frame and gets it back as one frame, without 
 from __future__ import annotations
 
 from .config import Config
-from .harness import MODULES, Results, Series, interleaved
+from .harness import MODULES, Results, Series, interleaved, new_broker
 
 
 def run(results: Results, config: Config) -> None:
     import numpy
-
-    from wb_magic import WorkerBroker
 
     from .peers.zmq_json import ZmqJson
 
@@ -24,7 +22,7 @@ def run(results: Results, config: Config) -> None:
     raw = ZmqJson()
     raw.start()
     try:
-        with WorkerBroker(call_timeout=300) as broker:
+        with new_broker(call_timeout=300) as broker:
             echo = broker.worker_proxy(str(MODULES / "target.py")).echo
             if bytes(raw.frames(data)) != data or echo(data) != data:
                 raise RuntimeError("a large bytes value came back changed")

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .harness import MODULES, ROOT
+from .harness import MODULES, ROOT, new_broker
 
 FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
@@ -109,10 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from wb_magic import WorkerBroker
-
     report: list[str] = []
-    with WorkerBroker(call_timeout=60) as broker:
+    with new_broker(call_timeout=60) as broker:
         target = str(MODULES / "target.py")
         hello = broker.worker_proxy(target).hello
         ahello = broker.worker_proxy(target, asynchronous=True).hello

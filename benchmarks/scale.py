@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from .config import Config
-from .harness import MODULES, Results, Series, timed
+from .harness import MODULES, Results, Series, new_broker, timed
 from .startup import MiB, memory
 
 TRIVIAL = str(MODULES / "trivial.py")
@@ -50,13 +50,11 @@ def _hot(broker: Any, config: Config) -> list[float]:
 def many_workers(results: Results, config: Config) -> None:
     import psutil
 
-    from wb_magic import WorkerBroker
-
     n = config.many_workers
     me = psutil.Process()
     host_before = me.memory_info().rss
     used_before = psutil.virtual_memory().used
-    broker = WorkerBroker(call_timeout=300)
+    broker = new_broker(call_timeout=300)
     try:
         total, answered_at, answers = _start_many(broker, n)
         answered = sum(1 for a in answers if a == 1)
@@ -118,7 +116,7 @@ def cleaner(results: Results, config: Config) -> None:
     except ImportError:
         results.skip("cleaner", "not available yet: wb_magic.cleaner has no cleaner()")
         return
-    from wb_magic import WorkerBroker, WorkerEvent
+    from wb_magic import WorkerEvent
 
     kwargs = _generous(make_cleaner)
     if kwargs is None:
@@ -126,7 +124,7 @@ def cleaner(results: Results, config: Config) -> None:
         return
     the_cleaner = make_cleaner(**kwargs)
     n = config.many_workers
-    with WorkerBroker(call_timeout=300, worker_cleaner=the_cleaner) as broker:
+    with new_broker(call_timeout=300, worker_cleaner=the_cleaner) as broker:
         total, _, answers = _start_many(broker, n)
         results.facts["cleaner"] = {
             "arguments": {k: v for k, v in kwargs.items()},

@@ -13,7 +13,7 @@ import traceback
 from typing import Any
 
 from .config import Config
-from .harness import MODULES, Results, Series
+from .harness import MODULES, Results, Series, new_broker
 
 TRIVIAL = str(MODULES / "trivial.py")
 MiB = 2**20
@@ -58,12 +58,10 @@ def module_import_time() -> float:
 
 def first_call_cold(results: Results, config: Config) -> None:
     """A fresh broker, a proxy and its first call: a worker launched for it, no pool."""
-    from wb_magic import WorkerBroker
-
     samples = []
     for _ in range(config.first_call_repeats):
         start = time.perf_counter()
-        broker = WorkerBroker(call_timeout=60)
+        broker = new_broker(call_timeout=60)
         try:
             if broker.worker_proxy(TRIVIAL).ping() != 1:
                 raise RuntimeError("the trivial module answered wrongly")
@@ -76,16 +74,14 @@ def first_call_cold(results: Results, config: Config) -> None:
             "startup",
             "wb-magic: new broker, first call",
             samples,
-            note="from WorkerBroker() to the first reply, the worker launched for it",
+            note="from WorkerBroker(warm_workers=0) to the first reply, the worker launched for it",
         )
     )
 
 
 def first_call_live(results: Results, config: Config) -> None:
     """New workers (segregated) in a broker that already runs one; then the idle memory of each of them."""
-    from wb_magic import WorkerBroker
-
-    with WorkerBroker(call_timeout=60) as broker:
+    with new_broker(call_timeout=60) as broker:
         broker.worker_proxy(TRIVIAL).ping()
         samples = []
         for i in range(config.first_call_repeats):
@@ -115,20 +111,18 @@ def first_call_live(results: Results, config: Config) -> None:
 
 
 def warm_pool(results: Results, config: Config) -> None:
-    """The first call to a new worker taken from a warm pool: only once WorkerBroker(warm_workers=N) exists."""
+    """The first call to a new worker taken from a warm pool (``WorkerBroker(warm_workers=1)``), once the spare
+    kernel is up: each repeat is a new module for the broker (a new segregation id), so a new worker."""
     from wb_magic import WorkerBroker
 
     if "warm_workers" not in inspect.signature(WorkerBroker).parameters:
         results.skip("startup.wb_warm", "not available yet: WorkerBroker has no warm_workers")
         return
-    import psutil
-
-    me = psutil.Process()
     results.facts["trivial_module_import_s"] = module_import_time()
     samples = []
-    with WorkerBroker(call_timeout=60, warm_workers=1) as broker:  # type: ignore[call-arg]
+    with new_broker(call_timeout=60, warm_workers=1) as broker:
         for i in range(config.warm_pool_repeats):
-            _wait_for_spare(me, len(broker.workers) + 1)
+            _wait_for_spare(broker)
             start = time.perf_counter()
             if broker.worker_proxy((TRIVIAL, f"warm{i}")).ping() != 1:
                 raise RuntimeError("the trivial module answered wrongly")
@@ -139,20 +133,40 @@ def warm_pool(results: Results, config: Config) -> None:
             "startup",
             "wb-magic: new worker, warm pool",
             samples,
-            note="first call to a new worker once the pool holds a started spare",
+            note="first call to a new worker once the pool holds a spare kernel that has bound its sockets",
         )
     )
 
 
-def _wait_for_spare(me: Any, processes: int, timeout: float = 30.0) -> None:
-    """Wait until the broker has started a spare worker process beside its live ones, and give it time to boot."""
+def _wait_for_spare(broker: Any, timeout: float = 30.0) -> None:
+    """Wait until the pool holds a spare kernel and that kernel listens on its five ports (it has booted)."""
+    import psutil
+
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        children = [p for p in me.children() if _is_worker(p)]
-        if len(children) >= processes:
-            break
-        time.sleep(0.05)
-    time.sleep(1.0)  # the spare imports worker_kernel and binds its sockets meanwhile
+    if hasattr(broker, "wait_for_warm_pool"):
+        broker.wait_for_warm_pool(timeout)
+        pids = [pid for pid in getattr(broker, "warm_pids", []) if pid]
+    else:  # a pool without that API: the worker processes that serve no key yet
+        live = {info.pid for info in broker.workers}
+        while time.monotonic() < deadline:
+            pids = [p.pid for p in psutil.Process().children() if _is_worker(p) and p.pid not in live]
+            if pids:
+                break
+            time.sleep(0.02)
+    for pid in pids:
+        while time.monotonic() < deadline and _listening(pid) < 5:
+            time.sleep(0.01)
+
+
+def _listening(pid: int) -> int:
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        connections = getattr(process, "net_connections", None) or process.connections
+        return sum(1 for c in connections(kind="tcp") if c.status == psutil.CONN_LISTEN)
+    except psutil.Error:
+        return 0
 
 
 def _is_worker(process: Any) -> bool:

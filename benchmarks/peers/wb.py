@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..harness import MODULES
+from ..harness import MODULES, new_broker
 from . import Peer
 
 
@@ -19,9 +19,7 @@ class WBMagic(Peer):
         self.count = servers
 
     def start(self) -> None:
-        from wb_magic import WorkerBroker
-
-        self.broker = WorkerBroker(call_timeout=120)
+        self.broker = new_broker(call_timeout=120)
         target = str(MODULES / "target.py")
         self.proxy = self.broker.worker_proxy(target)
         self.hello = self.proxy.hello
