@@ -50,6 +50,10 @@ class IOPub:
     def publish(self, msg_type: str, content: dict[str, Any], parent: bytes | dict[str, Any] | None = None) -> None:
         _, frames = self.session.message(msg_type, content, parent=parent)
         with self._lock:
+            if not self.subscribed:
+                # the socket's fd is edge-triggered: a send from any thread can swallow the wake-up for a
+                # subscription that has arrived, so look for one here too rather than trust the event loop
+                self._take_subscriptions_locked()
             if self.subscribed:
                 send_frames(self.socket, frames)
             else:
@@ -61,12 +65,15 @@ class IOPub:
     def take_subscriptions(self) -> None:
         """Read subscription notices from the XPUB socket; the first releases the held messages."""
         with self._lock:
-            while self.socket.poll(0):
-                notice = self.socket.recv()
-                if notice[:1] == b"\x01" and not self.subscribed:
-                    self.subscribed = True
-                    while self._held:
-                        send_frames(self.socket, self._held.popleft())
+            self._take_subscriptions_locked()
+
+    def _take_subscriptions_locked(self) -> None:
+        while self.socket.poll(0):
+            notice = self.socket.recv()
+            if notice[:1] == b"\x01" and not self.subscribed:
+                self.subscribed = True
+                while self._held:
+                    send_frames(self.socket, self._held.popleft())
 
     def close(self) -> None:
         with self._lock:
