@@ -228,7 +228,10 @@ def test_wb_module_cells_reach_each_other(ip):
         "def quadruple(x):\n    return helper.double(helper.double(x))\n",
     )
     ok(ip, "%wb_proxy uses_helper")
-    assert ok(ip, "uses_helper.quadruple(3)") == 12
+    assert ok(ip, "uses_helper.quadruple(3)") == 12  # through helper's own worker
+    ok(ip, "%%wb_module imports_helper\nimport helper\n\ndef triple(x):\n    return helper.double(x) + x\n")
+    ok(ip, "%wb_proxy imports_helper")
+    assert ok(ip, "imports_helper.triple(3)") == 9  # helper imported in this worker, as a plain module
 
 
 def test_a_syntax_error_keeps_the_previous_version(ip):
