@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker_kernel.codec import register_marshaller
+from worker_kernel.permissions import Permissions
 
 from .broker import WorkerBroker
 from .cleaner import WorkerCleaner, WorkerEvent
@@ -40,6 +41,7 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 __all__ = [
     "CallTimeout",
+    "Permissions",
     "RemoteError",
     "WorkerBroker",
     "WorkerBrokerError",

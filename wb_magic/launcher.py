@@ -17,9 +17,13 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import KernelManager
 
+from worker_kernel.permissions import Permissions, SandboxConfig
+
 log = logging.getLogger("wb_magic")
 
 DEFAULT_ARGV = (sys.executable, "-m", "worker_kernel", "-f", "{connection_file}")
+# what a sandboxed worker keeps of the host's environment without env=True: nothing secret, what Python needs
+SANDBOX_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "PYTHONHASHSEED", "WB_DEBUG")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,12 @@ class WorkerSpec:
     ``env``: variables set on top of the host's environment (``None`` removes one); ``cwd``: the working
     directory.
     ``hooks``: ``"module:name"``, an object with ``initial_call``/``before_call``/``after_call``.
+
+    The sandbox (docs/security.md): ``permissions`` (a `Permissions`; None, the default, runs the worker with
+    the host's rights), ``memory_limit`` (bytes of address space), ``cpu_seconds`` (CPU time over the worker's
+    life), ``file_size_limit`` (bytes per file written). ``enforce="strict"`` makes a worker whose sandbox this
+    machine cannot enforce refuse to start; ``"best-effort"`` runs it with a loud warning of what is not.
+    A sandboxed worker gets a scrubbed environment: only what `Permissions.env` names, plus ``env``.
     """
 
     argv: tuple[str, ...] | None = None
@@ -38,12 +48,73 @@ class WorkerSpec:
     env: dict[str, str | None] = field(default_factory=dict)
     cwd: str | None = None
     hooks: str | None = None
+    permissions: Permissions | None = None
+    memory_limit: int | None = None
+    cpu_seconds: float | None = None
+    file_size_limit: int | None = None
+    enforce: str = "strict"
 
-    def command(self) -> list[str]:
+    @property
+    def sandboxed(self) -> bool:
+        limits = (self.memory_limit, self.cpu_seconds, self.file_size_limit)
+        return self.permissions is not None or any(limit is not None for limit in limits)
+
+    def sandbox(self, module: str | None = None) -> SandboxConfig | None:
+        """The worker's `SandboxConfig`, or None when it runs with the host's rights and no limits."""
+        if not self.sandboxed:
+            return None
+        runtime = runtime_dir()  # every worker's connection file and key
+        if self.permissions is not None:
+            for name in ("read", "write"):
+                granted = getattr(self.permissions, name)
+                for path in granted if isinstance(granted, tuple) else ():
+                    real = os.path.realpath(path)
+                    if real == runtime or real.startswith(runtime + os.sep):
+                        raise ValueError(f"Permissions({name}=...) must not reach into {runtime}: {path}")
+        return SandboxConfig(
+            permissions=self.permissions,
+            memory_limit=self.memory_limit,
+            cpu_seconds=self.cpu_seconds,
+            file_size_limit=self.file_size_limit,
+            enforce=self.enforce,
+            module=module if module and os.path.isabs(module) else None,
+            protected=(runtime,),
+        )
+
+    def command(self, module: str | None = None) -> list[str]:
         argv = list(self.argv or DEFAULT_ARGV)
         if self.hooks:
             argv += ["--hooks", self.hooks]
+        sandbox = self.sandbox(module)
+        if sandbox is not None:
+            argv += ["--sandbox", sandbox.dumps()]
         return argv
+
+    def environment(self) -> dict[str, str]:
+        """The worker's environment: the host's, or for a sandboxed worker only what its permissions let
+        through; then ``env`` on top (``None`` removes a variable)."""
+        allowed = self.permissions.env if self.permissions is not None else True
+        if allowed is True:
+            env = dict(os.environ)
+        else:
+            names = [*SANDBOX_ENV, *(allowed or ()), *(["PATH"] if self.permissions and self.permissions.run else [])]
+            env = {name: os.environ[name] for name in names if name in os.environ}
+        for name, value in self.env.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        return env
+
+
+def runtime_dir() -> str:
+    """Jupyter's runtime folder (private to the user, 0700), where workers' connection files are written."""
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    path = os.path.realpath(jupyter_runtime_dir())
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
 
 
 class _OneSpec(KernelSpecManager):
@@ -57,22 +128,26 @@ class _OneSpec(KernelSpecManager):
         return self._spec
 
 
-def launch(spec: WorkerSpec) -> KernelManager:
-    """Start a worker kernel; returns its manager with the kernel process running (perhaps not yet bound)."""
+def launch(spec: WorkerSpec, module: str | None = None) -> KernelManager:
+    """Start a worker kernel; returns its manager with the kernel process running (perhaps not yet bound).
+    ``module`` is the worker's target, which a sandboxed worker may read."""
     if spec.kernel_name:
+        if spec.sandboxed:  # fail closed: a kernel spec's command would not confine itself
+            raise ValueError("a sandboxed WorkerSpec launches its own command (argv), not a kernel_name")
         manager = KernelManager(kernel_name=spec.kernel_name)
     else:
         kernel_spec = KernelSpec(
-            argv=spec.command(),
+            argv=spec.command(module),
             display_name="wb-magic worker",
             language="python",
             interrupt_mode="message",
             metadata={"debugger": False},
         )
         manager = KernelManager(kernel_name="wb-worker", kernel_spec_manager=_OneSpec(kernel_spec))
-    env = {**os.environ, **spec.env}
-    env = {name: value for name, value in env.items() if value is not None}
-    kwargs: dict[str, Any] = {"env": env}
+    # every worker's connection file (and so its key) goes in the private runtime folder that sandboxed workers
+    # can never reach, not in the temporary folder where jupyter_client would put it
+    manager.connection_file = os.path.join(runtime_dir(), f"wb-worker-{os.urandom(8).hex()}.json")
+    kwargs: dict[str, Any] = {"env": spec.environment()}
     if spec.cwd:
         kwargs["cwd"] = spec.cwd
     manager.start_kernel(**kwargs)

@@ -11,6 +11,8 @@ from typing import Any, TextIO
 
 from jupyter_client.manager import KernelManager
 
+from worker_kernel.permissions import REFUSED_EXIT_CODE, refusal_file
+
 from .connection import WorkerConnection
 from .launcher import WorkerSpec
 
@@ -94,19 +96,53 @@ class Worker:
         )  # fmt: skip
 
     def exit_status(self) -> str:
-        """How the process ended, for error messages: an exit code or a signal name."""
+        """How the process ended, for error messages: an exit code or a signal name, and why when we know: the
+        reason a sandboxed worker gave for refusing to start, or the limit of its `WorkerSpec` that killed it."""
         process = getattr(self.manager.provisioner, "process", None) if self.manager else None
         code = process.poll() if process is not None else None
         if code is None:
             return "it stopped answering"
+        if code == REFUSED_EXIT_CODE:
+            reason = self._refusal()
+            if reason:
+                return f"it refused to start: {reason}"
         if code < 0:
             import signal
 
             try:
-                return f"killed by {signal.Signals(-code).name}"
+                name = signal.Signals(-code).name
             except ValueError:
                 return f"killed by signal {-code}"
+            return f"killed by {name}{self._limit(name)}"
         return f"exit code {code}"
+
+    def _refusal(self) -> str:
+        """The one line a worker that refused to start left beside its connection file (read once)."""
+        connection_file = getattr(self.manager, "connection_file", None)
+        if not connection_file:
+            return ""
+        path = refusal_file(connection_file)
+        try:
+            with open(path, encoding="utf-8") as f:
+                reason = f.read(4000).strip()
+            os.unlink(path)
+        except OSError:
+            return ""
+        return reason
+
+    def _limit(self, signal_name: str) -> str:
+        spec = self.spec
+        if signal_name == "SIGXCPU" and spec.cpu_seconds is not None:
+            return f": it used up its CPU time limit (cpu_seconds={spec.cpu_seconds})"
+        if signal_name == "SIGKILL" and spec.cpu_seconds is not None:
+            return f" (its CPU time limit, cpu_seconds={spec.cpu_seconds}, ends in SIGKILL if SIGXCPU is blocked)"
+        if signal_name == "SIGXFSZ" and spec.file_size_limit is not None:
+            return f": it wrote past its file size limit (file_size_limit={spec.file_size_limit})"
+        if signal_name in ("SIGABRT", "SIGSEGV", "SIGBUS") and spec.memory_limit is not None:
+            return f" (perhaps from its memory limit, memory_limit={spec.memory_limit})"
+        if signal_name == "SIGSYS" and spec.permissions is not None:
+            return ": a system call its sandbox kills for"
+        return ""
 
     def __repr__(self) -> str:
         return f"<Worker {self.key!r} pid={self.pid} {self.state}>"

@@ -1,4 +1,8 @@
-"""``python -m worker_kernel -f CONNECTION_FILE [--hooks MODULE:NAME]``: start a worker kernel."""
+"""``python -m worker_kernel -f CONNECTION_FILE [--hooks MODULE:NAME] [--sandbox JSON]``: start a worker kernel.
+
+With ``--sandbox``, the process confines itself and re-executes as a confined worker (see `worker_kernel.sandbox`);
+``--confined FD`` marks that second image, which reads what it needs from the descriptor the confiner left.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,11 +20,26 @@ def main(argv: list[str] | None = None) -> None:
         "--hooks",
         help="MODULE[:NAME]: an object with initial_call / before_call / after_call, run around every call",
     )
+    parser.add_argument("--sandbox", metavar="JSON", help="confine the worker first (a wb-magic SandboxConfig)")
+    parser.add_argument("--confined", type=int, metavar="FD", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if os.environ.get("WB_DEBUG"):
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s worker %(process)d %(name)s: %(message)s")
-    with open(options.connection_file, encoding="utf-8") as f:
-        connection = json.load(f)
+    if options.sandbox is not None:  # never returns: re-executes confined, or exits with the reason it cannot
+        from .sandbox import confine_and_exec
+
+        command = [sys.executable, "-s", "-B", "-m", "worker_kernel", "-f", options.connection_file]
+        confine_and_exec(options.sandbox, options.connection_file, command + _hooks_args(options.hooks))
+    confinement = None
+    if options.confined is not None:
+        from .sandbox import Confinement
+
+        confinement = Confinement(options.confined)
+        confinement.install()  # before anything of the worker's is imported
+        connection = confinement.connection
+    else:
+        with open(options.connection_file, encoding="utf-8") as f:
+            connection = json.load(f)
 
     from .kernel import WorkerKernel
 
@@ -31,8 +51,14 @@ def main(argv: list[str] | None = None) -> None:
         module = load_module(resolve_module(spec))
         hooks = getattr(module, name) if name else module
     kernel = WorkerKernel(connection, hooks=hooks)
+    if confinement is not None:
+        confinement.adopt(kernel)
     kernel.start()
     kernel.run()
+
+
+def _hooks_args(hooks: str | None) -> list[str]:
+    return ["--hooks", hooks] if hooks else []
 
 
 if __name__ == "__main__":

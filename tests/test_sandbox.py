@@ -1,0 +1,483 @@
+"""The escape suite: real attempts from untrusted workers, each denied by the kernel (and named by the audit hook).
+
+Every attempt is the real thing: files that exist, a listener on 127.0.0.1 that counts what reaches it, the
+host's own pid and /proc files, another worker's connection file, a fork bomb and a memory hog. The ``libc_*``
+attempts go around Python with ctypes (``ffi=True``), so what stops them is the kernel, not the audit hook.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+from jupyter_core.paths import jupyter_runtime_dir
+
+from wb_magic import CallTimeout, Permissions, WorkerBroker, WorkerDied, WorkerSpec, WorkerStartError
+from worker_kernel.permissions import SandboxConfig
+from worker_kernel.sandbox import NR, landlock_abi
+
+WORKERS = Path(__file__).parent / "workers"
+UNTRUSTED = WORKERS / "untrusted"
+ATTACKS = str(UNTRUSTED / "attacks.py")
+HOST = os.getpid()
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.uname().machine != "x86_64" or landlock_abi() < 6,
+    reason="the escape suite needs Linux on x86_64 with Landlock ABI 6 or later",
+)
+
+
+@pytest.fixture
+def sandbox():
+    """``sandbox(permissions, **spec)``: a broker whose untrusted workers run with ``permissions`` (by default
+    reading only their own module), and the proxy of the attack module."""
+    brokers = []
+
+    def make(permissions: Permissions | None = None, target: str = ATTACKS, **spec):
+        def construct(module, segregation_id):
+            if "/untrusted/" in module:
+                return WorkerSpec(permissions=permissions or Permissions(read=[module]), **spec)
+            return WorkerSpec()
+
+        broker = WorkerBroker(worker_constructor=construct, call_timeout=60)
+        brokers.append(broker)
+        return broker, broker.worker_proxy(target)
+
+    yield make
+    for broker in brokers:
+        broker.close()
+
+
+class Listener:
+    """A TCP and a UDP socket on 127.0.0.1 that count what reaches them. Loopback delivers synchronously: once
+    an attempt has returned, whatever got through is already queued here."""
+
+    def __init__(self) -> None:
+        self.tcp = socket.create_server(("127.0.0.1", 0))
+        self.tcp.setblocking(False)
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.udp.setblocking(False)
+        self.port = self.tcp.getsockname()[1]
+        self.udp_port = self.udp.getsockname()[1]
+        self.connections = 0
+        self.datagrams = 0
+
+    def count(self) -> tuple[int, int]:
+        while True:
+            try:
+                conn, _ = self.tcp.accept()
+            except BlockingIOError:
+                break
+            conn.close()
+            self.connections += 1
+        while True:
+            try:
+                self.udp.recv(100)
+            except BlockingIOError:
+                break
+            self.datagrams += 1
+        return self.connections, self.datagrams
+
+    def close(self) -> None:
+        self.tcp.close()
+        self.udp.close()
+
+
+@pytest.fixture
+def listener():
+    found = Listener()
+    yield found
+    found.close()
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A secret outside every grant, a folder the worker may read, and one it may write."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the host's secret")
+    readable = tmp_path / "readable"
+    readable.mkdir()
+    (readable / "data.txt").write_text("shared data")
+    writable = tmp_path / "writable"
+    writable.mkdir()
+    return secret, readable, writable
+
+
+def _permission_error(excinfo: pytest.ExceptionInfo, permission: str) -> None:
+    assert f"Requires {permission} access" in str(excinfo.value), str(excinfo.value)
+
+
+# -- a sandboxed worker still works -------------------------------------------------------------------------------
+
+
+def test_a_sandboxed_worker_serves_calls_output_and_other_workers(sandbox, capsys):
+    broker, attacks = sandbox()
+    assert attacks.hello("sandbox") == "Hello sandbox"
+    assert attacks.socketpair_works() == b"pair"  # asyncio's self-pipe kind of socket still works
+    assert attacks.loaded("_ctypes") is False  # the confined image never loaded ctypes
+    relay = broker.worker_proxy(UNTRUSTED / "relay.py")
+    assert relay.greet("through the broker") == "Hello through the broker"  # worker to worker, from the sandbox
+    assert "relaying through the broker" in capsys.readouterr().out
+
+
+def test_the_worker_process_holds_no_privilege(sandbox):
+    broker, attacks = sandbox()
+    attacks.hello("x")
+    worker = broker.worker_for(ATTACKS)
+    with open(f"/proc/{worker.pid}/status") as f:
+        status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2"
+    for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[name], 16) == 0, name
+
+
+def test_interrupts_and_timeouts_still_reach_a_sandboxed_worker(sandbox):
+    broker, attacks = sandbox()
+    with pytest.raises(CallTimeout):
+        broker.worker_fn_proxy(ATTACKS, "spin", timeout=1)()
+    assert attacks.hello("after the interrupt") == "Hello after the interrupt"
+
+
+# -- files ----------------------------------------------------------------------------------------------------------
+
+
+def test_reading_outside_its_paths_is_denied(sandbox, files):
+    secret, readable, _ = files
+    _, attacks = sandbox(Permissions(read=[ATTACKS, readable]))
+    for attempt in (attacks.read_file, attacks.os_open_read):
+        with pytest.raises(PermissionError) as excinfo:
+            attempt(str(secret))
+        _permission_error(excinfo, "read")
+    with pytest.raises(PermissionError):
+        attacks.list_dir(str(secret.parent))
+    assert attacks.read_file(str(readable / "data.txt")) == "shared data"
+    assert attacks.list_dir(str(readable)) == ["data.txt"]
+    for system_file in ("/etc/passwd", "/etc/hostname", os.path.expanduser("~/.bashrc")):
+        if os.path.exists(system_file):
+            with pytest.raises(PermissionError):
+                attacks.read_file(system_file)
+
+
+def test_writing_outside_its_paths_is_denied(sandbox, files):
+    secret, readable, writable = files
+    _, attacks = sandbox(Permissions(read=[ATTACKS, readable], write=[writable]))
+    for attempt in (attacks.write_file, attacks.os_open_write):
+        for target in (secret, readable / "data.txt", secret.parent / "new.txt"):
+            with pytest.raises(PermissionError) as excinfo:
+                attempt(str(target), "overwritten")
+            _permission_error(excinfo, "write")
+    assert secret.read_text() == "the host's secret"
+    assert (readable / "data.txt").read_text() == "shared data"
+    assert not (secret.parent / "new.txt").exists()
+    assert attacks.write_file(str(writable / "out.txt"), "allowed") == 7
+    assert (writable / "out.txt").read_text() == "allowed"
+    mode = secret.stat().st_mode
+    with pytest.raises(PermissionError) as excinfo:
+        attacks.chmod(str(secret), 0o777)
+    _permission_error(excinfo, "write")
+    assert secret.stat().st_mode == mode
+
+
+def test_libc_open_and_chmod_are_denied_by_the_kernel(sandbox, files):
+    secret, readable, writable = files
+    _, attacks = sandbox(Permissions(read=[ATTACKS, readable], write=[writable], ffi=True))
+    assert attacks.libc_open(str(secret)) == "EACCES"
+    assert attacks.libc_open(str(secret), write=True) == "EACCES"
+    assert attacks.libc_open(str(secret.parent / "new.txt"), write=True) == "EACCES"
+    assert attacks.libc_open("/etc/passwd") == "EACCES"
+    assert attacks.libc_open(str(readable / "data.txt")) == "opened: shared data"
+    assert attacks.libc_open(str(writable / "out.txt"), write=True) == "opened: written"
+    assert attacks.libc_chmod(str(secret), 0o777) == "EPERM"
+    assert secret.read_text() == "the host's secret"
+    assert not (secret.parent / "new.txt").exists()
+    assert oct(secret.stat().st_mode & 0o777) != oct(0o777)
+
+
+# -- network --------------------------------------------------------------------------------------------------------
+
+
+def test_tcp_and_udp_are_denied(sandbox, listener):
+    _, attacks = sandbox(Permissions(read=[ATTACKS], ffi=True))
+    with pytest.raises(PermissionError) as excinfo:
+        attacks.tcp_connect(listener.port)
+    _permission_error(excinfo, "net")
+    with pytest.raises(PermissionError) as excinfo:
+        attacks.udp_send(listener.udp_port)
+    _permission_error(excinfo, "net")
+    with pytest.raises(PermissionError):
+        attacks.tcp_listen()
+    assert attacks.libc_tcp_connect(listener.port) == "socket: EPERM"
+    assert attacks.libc_udp_send(listener.udp_port) == "socket: EPERM"
+    assert listener.count() == (0, 0)
+
+
+def test_net_ports_allow_tcp_to_those_ports_only(sandbox, listener):
+    other = Listener()
+    try:
+        _, attacks = sandbox(Permissions(read=[ATTACKS], net=[listener.port], ffi=True))
+        assert attacks.tcp_connect(listener.port) == "connected"
+        assert listener.count() == (1, 0)  # the listener counts what gets through
+        with pytest.raises(PermissionError) as excinfo:
+            attacks.tcp_connect(other.port)
+        _permission_error(excinfo, "net")
+        # around Python: connect() is refused by Landlock, TCP Fast Open (a connect inside sendto) by seccomp
+        assert attacks.libc_tcp_connect(other.port) == "connect: EACCES, fastopen: EPERM"
+        with pytest.raises(PermissionError):
+            attacks.udp_send(other.udp_port)
+        assert attacks.libc_udp_send(other.udp_port) == "socket: EPERM"
+        with pytest.raises(PermissionError):
+            attacks.tcp_listen()  # listen() would bind a port of its choosing, unseen by Landlock
+        assert other.count() == (0, 0)
+        assert listener.count() == (1, 0)
+    finally:
+        other.close()
+
+
+def test_abstract_unix_sockets_of_the_host_are_out_of_reach(sandbox):
+    name = f"wb-sandbox-test-{os.getpid()}"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind("\0" + name)
+    server.listen()
+    server.setblocking(False)
+    try:
+        _, attacks = sandbox(Permissions(read=[ATTACKS], net=True))  # even with net: Landlock scopes them
+        with pytest.raises(PermissionError):
+            attacks.abstract_unix_connect(name)
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    finally:
+        server.close()
+
+
+# -- processes ------------------------------------------------------------------------------------------------------
+
+
+def test_starting_processes_is_denied(sandbox):
+    _, attacks = sandbox()
+    for attempt in (attacks.run_subprocess, attacks.execv, attacks.fork_bomb):
+        with pytest.raises(PermissionError) as excinfo:
+            attempt()
+        _permission_error(excinfo, "run")
+
+
+def test_a_fork_bomb_through_libc_makes_no_process(sandbox):
+    broker, attacks = sandbox(Permissions(read=[ATTACKS], ffi=True))
+    other = broker.worker_proxy(WORKERS / "hello.py")
+    assert other.hello("before") == "Hello before"
+    outcome = attacks.libc_fork_bomb(500)
+    assert outcome == {
+        "fork": 0, "fork errno": "EPERM", "clone": 0, "clone errno": "EPERM", "clone3": 0, "clone3 errno": "ENOSYS",
+        "execve errno": "EPERM",
+    }  # fmt: skip
+    worker = psutil.Process(broker.worker_for(ATTACKS).pid)
+    assert worker.children(recursive=True) == []
+    assert attacks.hello("after") == "Hello after"
+    assert other.hello("after") == "Hello after"
+
+
+# -- the environment, the host and other workers ---------------------------------------------------------------------
+
+
+def test_environment_secrets_stay_with_the_host(sandbox, monkeypatch):
+    monkeypatch.setenv("WB_SANDBOX_TEST_SECRET", "s3cret")
+    _, attacks = sandbox()
+    assert attacks.environ("WB_SANDBOX_TEST_SECRET") is None
+    assert "WB_SANDBOX_TEST_SECRET" not in attacks.environ_names()
+    assert set(attacks.environ_names()) <= {"LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "PYTHONHASHSEED",
+                                            "WB_DEBUG", "JPY_PARENT_PID", "PYTHONEXECUTABLE"}  # fmt: skip
+    for path in ("/proc/self/environ", f"/proc/{HOST}/environ"):
+        with pytest.raises(PermissionError) as excinfo:
+            attacks.read_file(path)
+        _permission_error(excinfo, "sys")
+    _, named = sandbox(Permissions(read=[ATTACKS], env=["WB_SANDBOX_TEST_SECRET"]))
+    assert named.environ("WB_SANDBOX_TEST_SECRET") == "s3cret"
+
+
+def test_the_host_cannot_be_signalled_traced_or_limited(sandbox):
+    broker, attacks = sandbox(Permissions(read=[ATTACKS], ffi=True))
+    other = broker.worker_proxy(WORKERS / "hello.py")
+    other.hello("x")
+    other_pid = broker.worker_for(WORKERS / "hello.py").pid
+    with pytest.raises(PermissionError) as excinfo:
+        attacks.kill(HOST, signal.SIGTERM)
+    _permission_error(excinfo, "run")
+    for pid in (HOST, other_pid):
+        assert attacks.libc_kill(pid, signal.SIGKILL) == "EPERM"  # Landlock's signal scope
+        assert attacks.libc_ptrace(pid) == "EPERM"
+        assert attacks.libc_process_vm_readv(pid, id(attacks)) == "EPERM"
+        assert attacks.libc_prlimit(pid) == "EPERM"
+    assert psutil.Process(HOST).rlimit(psutil.RLIMIT_CPU) != (1, 1)
+    assert other.hello("still here") == "Hello still here"
+
+
+def test_the_hosts_proc_files_are_out_of_reach(sandbox):
+    _, attacks = sandbox()
+    for name in ("environ", "mem", "maps", "cmdline"):
+        with pytest.raises(PermissionError) as excinfo:
+            attacks.read_file(f"/proc/{HOST}/{name}")
+        _permission_error(excinfo, "sys")
+    # with sys, /proc is readable, but the kernel still keeps the host's memory and environment out of reach:
+    # Landlock lets a sandboxed process inspect only processes in its own domain
+    _, system = sandbox(Permissions(read=[ATTACKS], sys=True, ffi=True))
+    assert "Name:" in system.read_file("/proc/self/status")
+    for name in ("environ", "mem", "maps"):
+        with pytest.raises(PermissionError) as excinfo:
+            system.read_file(f"/proc/{HOST}/{name}")
+        assert excinfo.value.errno == errno.EACCES
+        assert system.libc_open(f"/proc/{HOST}/{name}") == "EACCES"
+
+
+def test_another_workers_connection_file_is_out_of_reach(sandbox):
+    broker, attacks = sandbox(Permissions(read=[ATTACKS, os.path.dirname(jupyter_runtime_dir())], ffi=True))
+    other = broker.worker_proxy(WORKERS / "hello.py")
+    other.hello("x")
+    connection_file = broker.worker_for(WORKERS / "hello.py").manager.connection_file
+    assert os.path.dirname(connection_file) == jupyter_runtime_dir()
+    with pytest.raises(PermissionError):
+        attacks.read_file(connection_file)
+    with pytest.raises(PermissionError):
+        attacks.list_dir(jupyter_runtime_dir())
+    assert attacks.libc_open(connection_file) == "EACCES"
+    # its own connection file too: the confiner read it before the sandbox closed
+    own = broker.worker_for(ATTACKS).manager.connection_file
+    assert attacks.libc_open(own) == "EACCES"
+    with pytest.raises(WorkerStartError, match="must not reach into"):
+        sandbox(Permissions(read=[jupyter_runtime_dir()]))[1].hello("x")
+
+
+# -- native code ------------------------------------------------------------------------------------------------------
+
+
+def test_without_ffi_there_is_no_foreign_function_interface(sandbox):
+    _, attacks = sandbox()
+    assert attacks.loaded("_ctypes") is False
+    for name in ("ctypes", "_ctypes"):
+        with pytest.raises(PermissionError) as excinfo:
+            attacks.import_module(name)
+        _permission_error(excinfo, "ffi")
+    with pytest.raises(PermissionError):
+        attacks.python_exec_memory()  # seccomp: no anonymous executable memory
+    _, native = sandbox(Permissions(read=[ATTACKS], ffi=True))
+    assert native.python_exec_memory() == "mapped"
+
+
+# -- limits ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_memory_hog_gets_memory_error_and_everyone_else_goes_on(sandbox):
+    broker, attacks = sandbox(memory_limit=512_000_000)
+    other = broker.worker_proxy(WORKERS / "hello.py")
+    assert other.hello("before") == "Hello before"
+    with pytest.raises(MemoryError):
+        attacks.memory_hog()
+    assert attacks.hello("after") == "Hello after"
+    assert other.hello("after") == "Hello after"
+
+
+def test_a_cpu_hog_is_killed_by_its_cpu_limit(sandbox):
+    broker, attacks = sandbox(cpu_seconds=1)
+    other = broker.worker_proxy(WORKERS / "hello.py")
+    assert other.hello("before") == "Hello before"
+    with pytest.raises(PermissionError):
+        attacks.handle_sigxcpu()  # the limit's signal cannot be caught or ignored
+    with pytest.raises(WorkerDied, match=r"killed by SIGXCPU: it used up its CPU time limit \(cpu_seconds=1\)"):
+        attacks.spin()
+    assert other.hello("after") == "Hello after"
+    assert attacks.hello("a fresh worker") == "Hello a fresh worker"
+
+
+# -- fail closed ------------------------------------------------------------------------------------------------------
+
+
+def _without_landlock(**spec) -> WorkerSpec:
+    argv = (sys.executable, str(WORKERS / "no_landlock.py"), "-f", "{connection_file}")
+    return WorkerSpec(argv=argv, permissions=Permissions(read=[ATTACKS]), **spec)
+
+
+def test_a_worker_refuses_to_start_where_landlock_is_missing(capfd):
+    with WorkerBroker(worker_constructor=lambda module, s: _without_landlock(), call_timeout=60) as broker:
+        with pytest.raises(WorkerDied, match="refused to start: .*cannot enforce read.*Landlock is not available"):
+            broker.worker_proxy(ATTACKS).hello("x")
+    assert "wb-magic worker refused to start" in capfd.readouterr().err
+
+
+def test_best_effort_runs_with_a_loud_warning(capfd):
+    spec = _without_landlock(enforce="best-effort")
+    with WorkerBroker(worker_constructor=lambda module, s: spec, call_timeout=60) as broker:
+        assert broker.worker_proxy(ATTACKS).hello("anyway") == "Hello anyway"
+    err = capfd.readouterr().err
+    assert re.search(r"WARNING: .*best-effort: NOT ENFORCED: .*Landlock is not available", err)
+
+
+def test_a_sandboxed_worker_ends_with_its_host(tmp_path):
+    script = tmp_path / "host.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, sys
+            from wb_magic import Permissions, WorkerBroker, WorkerSpec
+            spec = WorkerSpec(permissions=Permissions(read=[{ATTACKS!r}]))
+            broker = WorkerBroker(worker_constructor=lambda m, s: spec)
+            broker.worker_proxy({ATTACKS!r}).hello("x")
+            print(broker.worker_for({ATTACKS!r}).pid, flush=True)
+            os._exit(0)
+            """
+        )
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True)
+    pid = int(out.stdout.split()[-1])
+    try:
+        worker = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    worker.wait(timeout=30)  # the worker's pidfd on its host fires: it exits
+
+
+# -- the API --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="needs broker change: launch(spec, module=module) in WorkerBroker._launch")
+def test_default_permissions_let_a_worker_read_its_own_module(sandbox):
+    _, attacks = sandbox(Permissions())
+    assert attacks.hello("own module") == "Hello own module"
+
+
+def test_permissions_are_plain_data():
+    p = Permissions(read=["relative/dir", Path("/abs")], net=[8080], env="HOME", run=False)
+    assert p.read == (os.path.abspath("relative/dir"), "/abs")
+    assert p.net == (8080,) and p.env == ("HOME",) and p.write is False
+    assert Permissions.from_json(p.to_json()) == p
+    assert Permissions.all() == Permissions(net=True, read=True, write=True, env=True, run=True, ffi=True, sys=True)
+    for bad in ({"run": "yes"}, {"net": [0]}, {"net": ["80"]}, {"read": [1]}, {"env": ["A=B"]}):
+        with pytest.raises(TypeError):
+            Permissions(**bad)
+    config = SandboxConfig(permissions=p, memory_limit=10**9, cpu_seconds=2.5, enforce="best-effort")
+    assert SandboxConfig.loads(config.dumps()) == config
+    with pytest.raises(ValueError):
+        SandboxConfig(enforce="sometimes")
+    assert WorkerSpec().sandbox() is None and WorkerSpec(cpu_seconds=1).sandboxed
+    with pytest.raises(ValueError, match="kernel_name"):
+        from wb_magic.launcher import launch
+
+        launch(WorkerSpec(kernel_name="python3", permissions=Permissions()))
+
+
+def test_the_seccomp_filter_uses_this_kernels_system_call_numbers():
+    header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
+    if not header.exists():
+        pytest.skip("no kernel headers")
+    known = dict(re.findall(r"#define __NR_(\w+) (\d+)", header.read_text()))
+    for name, number in NR.items():
+        if name in known:
+            assert int(known[name]) == number, name

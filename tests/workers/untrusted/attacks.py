@@ -1,0 +1,296 @@
+"""Escape attempts, run by the sandbox tests in an untrusted worker. Each does the real thing.
+
+Functions named ``libc_*`` go around Python (and its audit hooks) with ctypes, straight to libc and the kernel:
+they need ``ffi``, and report the errno the kernel answered (or what got through).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+
+def hello(name: str) -> str:
+    return f"Hello {name}"
+
+
+# -- files --------------------------------------------------------------------------------------------------------
+
+
+def read_file(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read(200)
+
+
+def os_open_read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 200)
+    finally:
+        os.close(fd)
+
+
+def write_file(path: str, text: str) -> int:
+    with open(path, "w", encoding="utf-8") as f:
+        return f.write(text)
+
+
+def os_open_write(path: str, text: str) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        return os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def list_dir(path: str) -> list:
+    return sorted(os.listdir(path))
+
+
+def chmod(path: str, mode: int) -> None:
+    os.chmod(path, mode)
+
+
+def _libc():
+    import ctypes
+
+    lib = ctypes.CDLL(None, use_errno=True)
+    return ctypes, lib
+
+
+def _errno(ctypes) -> str:
+    return errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+
+
+def libc_open(path: str, write: bool = False) -> str:
+    ctypes, lib = _libc()
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_TRUNC) if write else os.O_RDONLY
+    fd = lib.open(path.encode(), flags, 0o600)
+    if fd < 0:
+        return _errno(ctypes)
+    data = b"written" if write else b""
+    if write:
+        lib.write(fd, data, len(data))
+    else:
+        buf = ctypes.create_string_buffer(200)
+        n = lib.read(fd, buf, 200)
+        data = buf.raw[: max(n, 0)]
+    lib.close(fd)
+    return "opened: " + data.decode(errors="replace")
+
+
+def libc_chmod(path: str, mode: int) -> str:
+    ctypes, lib = _libc()
+    return "changed" if lib.chmod(path.encode(), mode) == 0 else _errno(ctypes)
+
+
+# -- network ------------------------------------------------------------------------------------------------------
+
+
+def tcp_connect(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"escaped")
+    return "connected"
+
+
+def udp_send(port: int) -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"escaped", ("127.0.0.1", port))
+    return "sent"
+
+
+def tcp_listen() -> int:
+    s = socket.socket()
+    s.listen()
+    return s.getsockname()[1]
+
+
+def _sockaddr_in(ctypes, port: int):
+    import struct
+
+    raw = struct.pack("!HH4s8x", socket.AF_INET, port, socket.inet_aton("127.0.0.1"))
+    raw = struct.pack("=H", socket.AF_INET) + raw[2:]  # sin_family is in host order
+    return ctypes.create_string_buffer(raw, 16)
+
+
+def libc_tcp_connect(port: int) -> str:
+    """socket() and connect() straight to the kernel; and TCP Fast Open, which connects from sendto()."""
+    ctypes, lib = _libc()
+    fd = lib.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
+    if fd < 0:
+        return "socket: " + _errno(ctypes)
+    try:
+        if lib.connect(fd, _sockaddr_in(ctypes, port), 16) == 0:
+            return "connected"
+        connect = _errno(ctypes)
+    finally:
+        lib.close(fd)
+    fd = lib.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
+    try:
+        sent = lib.sendto(fd, b"escaped", 7, 0x20000000, _sockaddr_in(ctypes, port), 16)  # MSG_FASTOPEN
+        return "fastopen sent" if sent >= 0 else f"connect: {connect}, fastopen: {_errno(ctypes)}"
+    finally:
+        lib.close(fd)
+
+
+def libc_udp_send(port: int) -> str:
+    ctypes, lib = _libc()
+    fd = lib.socket(socket.AF_INET, socket.SOCK_DGRAM, 0)
+    if fd < 0:
+        return "socket: " + _errno(ctypes)
+    try:
+        sent = lib.sendto(fd, b"escaped", 7, 0, _sockaddr_in(ctypes, port), 16)
+        return "sent" if sent >= 0 else "sendto: " + _errno(ctypes)
+    finally:
+        lib.close(fd)
+
+
+def abstract_unix_connect(name: str) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect("\0" + name)
+    return "connected"
+
+
+def socketpair_works() -> bytes:
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b"pair")
+        return b.recv(4)
+
+
+# -- processes ----------------------------------------------------------------------------------------------------
+
+
+def run_subprocess() -> str:
+    return subprocess.run(["/bin/echo", "escaped"], capture_output=True, text=True, check=True).stdout
+
+
+def execv() -> None:
+    os.execv("/bin/echo", ["echo", "escaped"])
+
+
+def fork_bomb() -> int:
+    children = 0
+    while True:
+        if os.fork() == 0:
+            os._exit(0)
+        children += 1
+
+
+def libc_fork_bomb(tries: int) -> dict:
+    """fork(), vfork-less clone() and execve() straight to the kernel, ``tries`` times each."""
+    ctypes, lib = _libc()
+    lib.syscall.restype = ctypes.c_long
+    outcome: dict = {}
+    for name, call in (
+        ("fork", lambda: lib.fork()),
+        ("clone", lambda: lib.syscall(56, signal.SIGCHLD, 0, 0, 0, 0)),
+        ("clone3", lambda: lib.syscall(435, 0, 0)),
+    ):
+        made = 0
+        for _ in range(tries):
+            pid = call()
+            if pid == 0:
+                os._exit(0)
+            if pid > 0:
+                made += 1
+            else:
+                outcome[name + " errno"] = _errno(ctypes)
+        outcome[name] = made
+    argv = (ctypes.c_char_p * 3)(b"/bin/echo", b"escaped", None)
+    lib.execve(b"/bin/echo", argv, None)
+    outcome["execve errno"] = _errno(ctypes)
+    return outcome
+
+
+def children() -> int:
+    return len(os.listdir(f"/proc/{os.getpid()}/task"))
+
+
+# -- the host and other processes -----------------------------------------------------------------------------------
+
+
+def environ(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def environ_names() -> list:
+    return sorted(os.environ)
+
+
+def kill(pid: int, sig: int) -> None:
+    os.kill(pid, sig)
+
+
+def libc_kill(pid: int, sig: int) -> str:
+    ctypes, lib = _libc()
+    return "signalled" if lib.kill(pid, sig) == 0 else _errno(ctypes)
+
+
+def libc_ptrace(pid: int) -> str:
+    ctypes, lib = _libc()
+    lib.ptrace.restype = ctypes.c_long
+    return "attached" if lib.ptrace(16, pid, None, None) == 0 else _errno(ctypes)  # PTRACE_ATTACH
+
+
+def libc_process_vm_readv(pid: int, address: int) -> str:
+    ctypes, lib = _libc()
+
+    class IOVec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+    buf = ctypes.create_string_buffer(64)
+    local = IOVec(ctypes.addressof(buf), 64)
+    remote = IOVec(address, 64)
+    lib.process_vm_readv.restype = ctypes.c_ssize_t
+    n = lib.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    return f"read {n} bytes" if n >= 0 else _errno(ctypes)
+
+
+def libc_prlimit(pid: int) -> str:
+    """Lower another process's CPU limit to one second: a way to kill it that no signal check sees."""
+    ctypes, lib = _libc()
+    limit = (ctypes.c_ulong * 2)(1, 1)
+    return "lowered" if lib.prlimit(pid, 0, limit, None) == 0 else _errno(ctypes)  # RLIMIT_CPU
+
+
+# -- resources ----------------------------------------------------------------------------------------------------
+
+
+def memory_hog() -> int:
+    chunks = []
+    while True:
+        chunks.append(bytearray(16 << 20))
+
+
+def spin() -> None:
+    while True:
+        pass
+
+
+def handle_sigxcpu() -> None:
+    signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+
+
+# -- what the worker is made of -------------------------------------------------------------------------------------
+
+
+def loaded(name: str) -> bool:
+    return name in sys.modules
+
+
+def import_module(name: str) -> str:
+    __import__(name)
+    return name
+
+
+def python_exec_memory() -> str:
+    """Executable anonymous memory through Python's own mmap module: the start of shellcode without ctypes."""
+    import mmap
+
+    with mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC):
+        return "mapped"
