@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import os
 import sys
@@ -40,6 +41,8 @@ Constructor = Callable[[str, "str | None"], WorkerSpec]
 OUTPUT_GRACE = 1.0  # how long a finished call waits for stream output the worker says it sent
 INTERRUPT_GRACE = 5.0  # how long an interrupted call waits for the worker to answer before giving up
 EXIT_GRACE = 2.0  # how long a worker asked to shut down gets before it is killed
+HEARTBEAT_INTERVAL = 0.5  # seconds between pings to a worker whose process we cannot watch
+HEARTBEAT_TIMEOUT = 3.0  # silence after which such a worker counts as dead
 UNSENT_RETRIES = 1  # a call whose worker was removed before the call left is sent once more, to a fresh worker
 DEFAULT_WARM_WORKERS = 1  # see docs/benchmarks.md: one warm kernel costs ~20 MB and saves ~0.1 s per new worker
 MAX_DRAIN = 256  # messages taken from one socket per turn, so that one chatty worker cannot starve the rest
@@ -185,6 +188,28 @@ class WorkerBroker:
         with self._pool_changed:
             return self._pool_changed.wait_for(lambda: len(self._pool) >= self.warm_workers, timeout)
 
+    def attach(self, connection_info: dict[str, Any] | str | os.PathLike, target: Target) -> WorkerInfo:
+        """Adopt a worker kernel that something else started (another provisioner, another host) as the
+        worker of ``target``. Calls to the target go to it; it is shut down like the broker's own workers.
+        Without a process to watch, the broker watches its heartbeat while calls are pending."""
+        if isinstance(connection_info, dict):
+            info = dict(connection_info)
+        else:
+            with open(connection_info, encoding="utf-8") as f:
+                info = json.load(f)
+        module, segregation_id = self._resolve(target)
+        key = self._key(module, segregation_id)
+        worker = Worker(key, module, segregation_id, WorkerSpec(), None)
+        with self._lock:
+            current = self._workers.get(key)
+            if current is not None and not current.dead:
+                raise ValueError(f"{key!r} already has a worker (pid {current.pid})")
+            self._connect(worker, info)
+            worker.answered = True  # it has been running: no start-up to wait for
+            self._workers[key] = worker
+        self._emit("create", worker)
+        return worker.info()
+
     def worker_for(self, target: Target) -> Worker | None:
         """The live worker that serves ``target``, if one runs."""
         module, segregation_id = self._resolve(target)
@@ -327,21 +352,24 @@ class WorkerBroker:
         except Exception as exc:
             raise WorkerStartError(f"could not launch a worker for {purpose}: {exc}") from exc
         worker = Worker(None, "", None, spec, manager)
-        info: dict[str, Any] = dict(manager.get_connection_info())
-        worker.connection = WorkerConnection(self._context, info, self._identity)
         worker.pid = process_id(manager)
-        worker.pidfd = pidfd(worker.pid)
+        self._connect(worker, dict(manager.get_connection_info()))
         log.debug("started worker (pid %s) for %s", worker.pid, purpose)
-        conn = worker.connection
+        return worker
+
+    def _connect(self, worker: Worker, info: dict[str, Any]) -> None:
+        """Open the worker's sockets and hand them to the pump, with a watch on its process where we can."""
+        conn = worker.connection = WorkerConnection(self._context, info, self._identity)
         self._pump.register(conn.shell, lambda: self._on_shell(worker))
         self._pump.register(conn.iopub, lambda: self._on_iopub(worker))
         self._pump.register(conn.stdin, lambda: self._on_stdin(worker))
         self._pump.register(conn.control, lambda: _discard_all(conn.control))
+        self._pump.register(conn.heartbeat, lambda: self._on_heartbeat(worker))
+        worker.pidfd = pidfd(worker.pid)
         if worker.pidfd is not None:
             self._pump.register(worker.pidfd, lambda: self._on_exit(worker))
         else:
-            log.warning("cannot watch worker pid %s: a crash is noticed only when a call is made", worker.pid)
-        return worker
+            log.debug("worker pid %s is watched by its heartbeat while it has calls", worker.pid)
 
     def _emit(self, kind: EventType, worker: Worker | None) -> None:
         if self.worker_cleaner is None:
@@ -384,6 +412,10 @@ class WorkerBroker:
                 self._end(call, WorkerDied(f"worker {worker.key!r} ended before the call was sent"))
                 return
             send_frames(worker.connection.shell, frames)  # type: ignore[union-attr]
+            if worker.pidfd is None and not worker.beating:
+                worker.beating = True
+                worker.last_beat = now()
+                self._beat(worker)
 
         if leader:
             return send
@@ -590,6 +622,21 @@ class WorkerBroker:
                 self._interrupt(target, call)
 
             self._pump.at(now() + timeout, expire)
+
+    def _beat(self, worker: Worker) -> None:
+        """Ping a worker we cannot watch as a process, while it has calls; no answer for a while means dead."""
+        if worker.dead or not worker.pending:
+            worker.beating = False
+            return
+        if now() - worker.last_beat > HEARTBEAT_TIMEOUT:
+            self._discard(worker, f"it stopped answering heartbeats for {HEARTBEAT_TIMEOUT} s")
+            return
+        send_frames(worker.connection.heartbeat, [b"", b"ping"])  # type: ignore[union-attr]
+        self._pump.at(now() + HEARTBEAT_INTERVAL, lambda: self._beat(worker))
+
+    def _on_heartbeat(self, worker: Worker) -> None:
+        _discard_all(worker.connection.heartbeat)  # type: ignore[union-attr]
+        worker.last_beat = now()
 
     def _on_exit(self, worker: Worker) -> None:
         self._discard(worker, f"it ended ({worker.exit_status()})")

@@ -32,6 +32,7 @@ class WorkerConnection:
         self.stdin = self._connect(context, zmq.DEALER, "stdin", identity)
         self.control = self._connect(context, zmq.DEALER, "control", identity)
         self.iopub = self._connect(context, zmq.SUB, "iopub", None)
+        self.heartbeat = self._connect(context, zmq.DEALER, "hb", None)  # pings [b"", n] to the kernel's REP
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
         # ZeroMQ queues this until the connection is up; its arrival tells the worker that it can route
         # stdin requests to us (a ROUTER drops messages for peers it has not yet seen)
@@ -53,7 +54,7 @@ class WorkerConnection:
 
     @property
     def sockets(self) -> tuple[zmq.Socket, ...]:
-        return (self.shell, self.stdin, self.control, self.iopub)
+        return (self.shell, self.stdin, self.control, self.iopub, self.heartbeat)
 
     def close(self) -> None:
         for sock in self.sockets:

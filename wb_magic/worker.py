@@ -76,6 +76,8 @@ class Worker:
         self.answered = False
         self.dead = False
         self.exit_reason: str | None = None
+        self.beating = False  # a heartbeat timer runs (for workers whose process we cannot watch)
+        self.last_beat = 0.0
         self.calls = 0
         self.created = time.time()
         self.last_used = self.created
