@@ -185,24 +185,26 @@ def test_worker_death_fails_the_call_and_the_next_call_starts_afresh(broker, val
 
 def test_call_timeout_and_per_call_override(workers_dir):
     with WorkerBroker(call_timeout=0.5) as broker:
+        patient = broker.worker_proxy(workers_dir / "values.py", timeout=60)
+        assert patient.echo("up") == "up"  # the worker has started: from here the broker's 0.5 s applies
         values = broker.worker_proxy(workers_dir / "values.py")
         with pytest.raises(CallTimeout) as info:
             values.block_until_interrupted()
         assert isinstance(info.value, TimeoutError)
-        assert values.echo("usable") == "usable"  # the stuck call was interrupted
-        assert values.slow.with_timeout(30)(0.6) == 0.6
-        patient = broker.worker_proxy(workers_dir / "values.py", timeout=30)
-        assert patient.slow(0.6) == 0.6
+        assert patient.echo("usable") == "usable"  # the stuck call was interrupted, or this would wait behind it
+        assert values.slow.with_timeout(60)(0.6) == 0.6
 
 
 def test_async_timeout(workers_dir):
     with WorkerBroker() as broker:
-        values = broker.worker_proxy(workers_dir / "values.py", asynchronous=True, timeout=0.5)
+        hasty = broker.worker_proxy(workers_dir / "values.py", asynchronous=True, timeout=0.5)
+        patient = broker.worker_proxy(workers_dir / "values.py", asynchronous=True, timeout=60)
 
         async def main():
+            assert await patient.echo("up") == "up"
             with pytest.raises(CallTimeout):
-                await values.block_until_interrupted()
-            return await values.echo("after")
+                await hasty.block_until_interrupted()
+            return await patient.echo("after")
 
         assert asyncio.run(main()) == "after"
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from typing import Any
 
 _handler: logging.Handler | None = None
 
@@ -17,7 +19,7 @@ def enable(level: int = logging.DEBUG) -> None:
     global _handler
     logger = logging.getLogger("wb_magic")
     if _handler is None:
-        _handler = logging.StreamHandler()
+        _handler = _CurrentStderr()
         _handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
         logger.addHandler(_handler)
     logger.setLevel(level)
@@ -36,3 +38,15 @@ def disable() -> None:
 
 def enabled() -> bool:
     return _handler is not None
+
+
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (in a notebook: the cell that is running)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass

@@ -485,12 +485,7 @@ def _row(info: WorkerInfo, label: Any) -> WorkerRow:
 
 
 def _age(stamp: float) -> str:
-    # last_used is a time.time() stamp until the first call, then time.monotonic(): the right reading is the
-    # smallest age that is not negative
-    ages = [a for a in (time.time() - stamp, time.monotonic() - stamp) if a >= -1.0]
-    if not ages:
-        return ""
-    age = max(0.0, min(ages))
+    age = max(0.0, time.time() - stamp)
     if age < 1:
         return "just now"
     if age < 120:

@@ -54,7 +54,7 @@ class WorkerInfo:
     state: str
     calls: int
     pending: int
-    last_used: float
+    last_used: float  # wall-clock time (time.time()) of the last call or lookup
 
 
 class Worker:
@@ -79,8 +79,8 @@ class Worker:
         self.beating = False  # a heartbeat timer runs (for workers whose process we cannot watch)
         self.last_beat = 0.0
         self.calls = 0
-        self.created = time.time()
-        self.last_used = self.created
+        self.created = time.time()  # wall clock, for people
+        self.last_used = time.monotonic()  # monotonic, for idle timeouts
         self.lock = threading.Lock()
 
     @property
@@ -94,7 +94,7 @@ class Worker:
     def info(self) -> WorkerInfo:
         return WorkerInfo(
             self.key, self.module, self.segregation_id, self.pid, self.state, self.calls, len(self.pending),
-            self.last_used,
+            time.time() - (time.monotonic() - self.last_used),
         )  # fmt: skip
 
     def exit_status(self) -> str:

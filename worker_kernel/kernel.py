@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import inspect
 import logging
 import os
 import signal
@@ -206,7 +205,7 @@ class WorkerKernel:
         request = Request(msg.raw_header, msg.idents)
         try:
             module = self.runner.module(str(c["module"]), c.get("cache_buster"))
-            fn = self.runner.function(module, str(c["function"]))
+            fn, is_async = self.runner.function(module, str(c["function"]))
             args = decode_value(c.get("args", []), msg.buffers)
             kwargs = decode_value(c.get("kwargs", {}), msg.buffers)
             if not isinstance(args, list) or not isinstance(kwargs, dict):
@@ -223,7 +222,7 @@ class WorkerKernel:
         except BaseException as exc:
             self._error_reply(self.shell, msg, exc, request)
             return
-        if inspect.iscoroutinefunction(fn):
+        if is_async:
             task = self.loop.create_task(self._run_async(msg, request, context, fn, args, kwargs))
             self._tasks[msg.msg_id] = task
             return

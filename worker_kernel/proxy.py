@@ -86,7 +86,7 @@ class ModuleProxy(types.ModuleType):
         if found is None:
             return None
         if self._wb_seen is not None and self._wb_seen[0] != found[0]:  # reloaded: forget stale signatures
-            for name in self._wb_seen[1]:
+            for name in self._wb_seen[1].get("functions", {}):
                 self.__dict__.pop(name, None)
         self._wb_seen = found
         functions = found[1].get("functions", {})

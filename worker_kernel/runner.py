@@ -8,19 +8,18 @@ and sends back whatever it returns or raises.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 from .loader import load_module, module_name_for
 
 log = logging.getLogger("worker_kernel")
 
 
-@dataclass(frozen=True)
-class CallContext:
+class CallContext(NamedTuple):
     """Who made the call that is running: what `current_call()` returns inside a worker.
 
     ``source_module`` and ``source_segregation_id`` are stamped by the broker: ``None`` when the host called,
@@ -50,6 +49,7 @@ class CallRunner:
         self.modules: dict[str, tuple[ModuleType, str | None]] = {}
         self.primary: ModuleType | None = None
         self._initialised = False
+        self._functions: dict[tuple[ModuleType, str], tuple[Callable[..., Any], bool]] = {}
 
     def module(self, canonical: str, cache_buster: str | None) -> ModuleType:
         """The module for ``canonical``, executed afresh when ``cache_buster`` is one it has not loaded."""
@@ -63,13 +63,22 @@ class CallRunner:
             self.primary = module
         return module
 
-    def function(self, module: ModuleType, name: str) -> Callable[..., Any]:
-        """The exported function ``name``. Only the module's own functions (or its ``__all__``) are exported:
-        a function it merely imported (``from os import system``) must not be callable by other workers."""
+    def function(self, module: ModuleType, name: str) -> tuple[Callable[..., Any], bool]:
+        """The exported function ``name`` and whether it is a coroutine function.
+
+        Only the module's own functions (or its ``__all__``) are exported: a function it merely imported
+        (``from os import system``) must not be callable by other workers. Looked up once per module and name,
+        while the module's global still holds the same object.
+        """
+        found = self._functions.get((module, name))
+        if found is not None and module.__dict__.get(name) is found[0]:
+            return found
         fn = getattr(module, name, None) if _exported(module, name) else None
         if fn is None or not callable(fn) or isinstance(fn, type):
             raise AttributeError(f"module {module.__name__!r} has no function {name!r}")
-        return fn
+        found = (fn, inspect.iscoroutinefunction(fn))
+        self._functions[(module, name)] = found
+        return found
 
     def before(self, context: CallContext) -> None:
         if self.hooks is None:
@@ -90,8 +99,6 @@ class CallRunner:
 
     def describe(self, module: ModuleType) -> dict[str, Any]:
         """The public callables of a module: name -> {signature, doc, is_async}."""
-        import inspect
-
         functions = {}
         for name, value in vars(module).items():
             if not callable(value) or isinstance(value, type) or not _exported(module, name):

@@ -189,35 +189,41 @@ class Session:
 
         ``frames`` may be bytes or `zmq.Frame`s; buffers keep the zero-copy view when frames are given.
         """
-        idents: list[bytes] = []
-        for frame in frames[:16]:
-            part = _as_bytes(frame)
-            if part == DELIMITER:
-                break
-            idents.append(part)
+        if frames and frames[0] == DELIMITER:  # the common case, from a DEALER: no routing ids
+            at = 0
         else:
-            raise WireError("no <IDS|MSG> delimiter in the first 16 frames")
-        at = len(idents)
+            at = next((i for i, frame in enumerate(frames[:16]) if _as_bytes(frame) == DELIMITER), -1)
+            if at < 0:
+                raise WireError("no <IDS|MSG> delimiter in the first 16 frames")
         if len(frames) < at + 6:
             raise WireError(f"a message needs 6 frames after the routing ids, got {len(frames) - at}")
-        raw = [_as_bytes(f) for f in frames[at + 1 : at + 6]]
-        signature, parts = raw[0], raw[1:]
-        if self._mac is not None and not hmac.compare_digest(signature, self.sign(parts)):
-            raise WireError("bad message signature")
+        signature, h, p, m, c = (_as_bytes(f) for f in frames[at + 1 : at + 6])
+        if self._mac is not None:
+            mac = self._mac.copy()
+            mac.update(h)
+            mac.update(p)
+            mac.update(m)
+            mac.update(c)
+            if not hmac.compare_digest(signature, mac.hexdigest().encode()):
+                raise WireError("bad message signature")
         try:
-            header, parent, metadata, content = (loads(p) for p in parts)
+            header = loads(h)
+            parent = loads(p) if p != b"{}" else {}
+            metadata = loads(m) if m != b"{}" else {}
+            content = loads(c)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise WireError(f"a message part is not JSON: {exc}") from None
-        if not (isinstance(header, dict) and isinstance(parent, dict) and isinstance(content, dict)):
+        if type(header) is not dict or type(parent) is not dict or type(content) is not dict:
             raise WireError("header, parent header and content must be JSON objects")
-        if not isinstance(metadata, dict):
+        if type(metadata) is not dict:
             metadata = {}
-        buffers = [f if isinstance(f, bytes) else f.buffer for f in frames[at + 6 :]]
-        return Message(idents, raw[1], header, parent, metadata, content, buffers)
+        idents = [_as_bytes(f) for f in frames[:at]]
+        buffers = [f if isinstance(f, bytes) else f.buffer for f in frames[at + 6 :]] if len(frames) > at + 6 else []
+        return Message(idents, h, header, parent, metadata, content, buffers)
 
 
 def _as_bytes(frame: Any) -> bytes:
-    return frame if isinstance(frame, bytes) else frame.bytes
+    return frame if type(frame) is bytes else frame.bytes
 
 
 # -- sending and receiving ---------------------------------------------------------------------------------------
