@@ -233,6 +233,11 @@ def test_prints_reach_the_callers_streams(values, capsys):
     assert err == "to stderr\n"
 
 
+def test_worker_output_is_plain_text(values, capsys):
+    values.echo_print("bell\a clear\x1b[2J title\x1b]0;pwned\x07 tab\tend")
+    assert capsys.readouterr().out == "bell clear[2J title]0;pwned tab\tend\n"
+
+
 def test_remove_and_terminate(broker, values, workers_dir):
     pid = values.pid()
     assert broker.remove_worker(workers_dir / "values.py") is True

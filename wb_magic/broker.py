@@ -552,7 +552,7 @@ class WorkerBroker:
             if target is None:
                 target = sys.stderr if name == "stderr" else sys.stdout
             try:
-                target.write(text)
+                target.write(text.translate(_CONTROL_CHARACTERS))
             except Exception:
                 log.exception("could not show output from worker %r", worker.key)
             if call is not None:
@@ -696,6 +696,10 @@ class WorkerBroker:
             _, frames = worker.connection.session.message("shutdown_request", {"restart": False})  # type: ignore[union-attr]
             send_frames(worker.connection.control, frames)  # type: ignore[union-attr]
 
+
+# Terminal control sequences from an untrusted worker could rewrite the screen, set the window title or reach
+# the clipboard (OSC 52): output keeps tabs and line breaks and loses every other control character.
+_CONTROL_CHARACTERS = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)])
 
 _RELAYED = ("status", "value", "ename", "emodule", "evalue", "eargs", "traceback")
 

@@ -96,3 +96,7 @@ def wait_for_file(path: str):
     while not os.path.exists(path):
         time.sleep(0.005)
     return "released"
+
+
+def echo_print(text: str) -> None:
+    print(text)
