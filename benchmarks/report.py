@@ -293,7 +293,10 @@ def markdown(results: Results, rows: list[dict[str, Any]], plot: str | None) -> 
         "- Every peer server is a subprocess on loopback TCP (multiprocessing.Pipe: a socket pair), started "
         "before and stopped after its benchmarks.",
         "- Memory is RSS and USS (`psutil.Process.memory_full_info`), in MiB.",
-        "- Reproduce: `make bench`, or `python -m benchmarks.run --out DIR` (`--quick` for a smoke run).",
+        "- Reproduce: `make bench`, or `python -m benchmarks.run --out DIR` (`--quick` for a smoke run, `--only` "
+        "and `--peers` to narrow it).",
+        "- Where a hot call's time goes, host and worker side by side: `python -m benchmarks.profile [--mode "
+        "pipelined]` (py-spy on both processes, which needs root or ptrace rights, then pyinstrument).",
         "",
     ]
     return "\n".join(out)
