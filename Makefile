@@ -1,10 +1,11 @@
-# wb-magic: `make demo` runs the tour, `make test` sets up .venv from scratch and runs every check.
+# wb-magic: `make demo` serves the example web app (examples/app), `make tour` runs the tour,
+# `make test` sets up .venv from scratch and runs every check.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo tour test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +13,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+DEMO_STAMP := $(VENV)/.installed-demo
+
+$(DEMO_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+# the example web app on http://localhost:8000 (127.0.0.1 only; WB_APP_PORT=... picks another port)
+demo: $(DEMO_STAMP)
+	$(BIN)/python -m examples.app
+
+tour: $(STAMP)
 	$(BIN)/python -m examples.tour
 
 lint: $(STAMP)

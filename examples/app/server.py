@@ -1,0 +1,283 @@
+"""The example web app: the seed's web server, on worker kernels, with Starlette served by uvicorn.
+
+Routes (see README.md beside this file)::
+
+    GET /<name>            reload workers/untrusted/<name>.py in its workers: "Module reloaded" (404 if none)
+    GET /<name>/<fn>?k=v   fn({"k": "v"}) in untrusted module <name>, through the trusted handler worker;
+                           ?id=... picks a segregated worker (its own process and state)
+
+Every call goes host -> trusted handler worker -> the untrusted module's sandboxed worker, and the server
+awaits the handler's asynchronous proxy, so a slow route holds up nothing else. What the module returns
+becomes the HTTP answer: a `Response` (examples/app/lib/web.py) as it is, None as 204, a str as text, anything
+else as JSON. A worker that dies answers 502, and the server stays up.
+
+`worker_constructor` decides how each worker runs: modules under ``workers/untrusted/`` in the sandbox
+(they read only their own module and ``lib/``: no network, no writes, no environment, no processes), the two
+trusted modules with the host's rights, and anything else (a module that an untrusted worker names through
+``broker_proxy()``) not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.responses import Response as HTTPResponse
+from starlette.routing import Route
+
+from wb_magic import CallTimeout, Permissions, WorkerBroker, WorkerBrokerError, WorkerDied, WorkerSpec
+from wb_magic.cleaner import cleaner
+from wb_magic.errors import WorkerStartError
+
+from .lib.web import Response  # registers the response marshaller in the host
+from .upstream import Upstream
+
+APP_DIR = Path(__file__).resolve().parent
+LIB_DIR = APP_DIR / "lib"
+UNTRUSTED_DIR = APP_DIR / "workers" / "untrusted"
+TRUSTED_DIR = APP_DIR / "workers" / "trusted"
+HANDLER = TRUSTED_DIR / "handler.py"
+FETCH_PROXY = TRUSTED_DIR / "fetch_proxy.py"
+UPSTREAM_ENV = "WB_APP_UPSTREAM"  # where fetch_proxy may fetch from
+
+HANDLER_TIMEOUT = 45.0  # the handler gives untrusted calls 30 s, and answers 504 itself when they take longer
+RELOAD_TIMEOUT = 30.0
+MEMORY_LIMIT = 1 << 30  # bytes of address space for an untrusted worker
+CPU_SECONDS = 300.0  # CPU time over an untrusted worker's life; then it is killed (502) and the next call restarts it
+MAX_WORKERS = 32  # least recently used idle workers are shut down beyond this (every ?id= starts one)
+IDLE_TIMEOUT = 600.0
+
+DEFAULT_PORT = 8000
+TRY = (
+    "/hello/world",
+    "/echo/echo?greeting=hi&n=1",
+    "/test1/ok",
+    "/test1/forbidden",
+    "/test1/redirect",
+    "/test1/error",
+    "/test1/state",
+    "/test1/state?set=foo",
+    "/test2/state",
+    "/test1/global?set=bar",
+    "/test1/state?id=alice",
+    "/test1",
+    "/fetch_example/joke",
+    "/console/log?hello=world",
+    "/longpoll/wait",
+    "/longpoll/release",
+    "/test1/nope",
+    "/test1/crash",
+)
+
+log = logging.getLogger("examples.app")
+
+
+# -- workers --------------------------------------------------------------------------------------------------
+
+
+def untrusted_spec(module: str, enforce: str = "strict") -> WorkerSpec:
+    """The sandbox of an untrusted module's worker: read its own module and lib/, nothing else.
+
+    lib/ goes on the worker's ``sys.path`` (its modules are imported as ``state`` and ``web``): the worker may
+    not list the app's other folders, so it could not import them as ``examples.app.lib.*``.
+    """
+    return WorkerSpec(
+        permissions=Permissions(read=(module, str(LIB_DIR))),
+        env={"PYTHONPATH": str(LIB_DIR)},
+        memory_limit=MEMORY_LIMIT,
+        cpu_seconds=CPU_SECONDS,
+        enforce=enforce,
+    )
+
+
+def worker_constructor(upstream: str, enforce: str = "strict") -> Callable[[str, str | None], WorkerSpec]:
+    """The app's ``worker_constructor``: sandboxed untrusted modules, trusted handler and fetch proxy, and a
+    refusal for anything else. ``upstream`` is the base URL the fetch proxy may fetch beneath."""
+
+    def construct(module: str, segregation_id: str | None) -> WorkerSpec:
+        path = Path(os.path.realpath(module)) if os.path.isabs(module) else None
+        if path is not None and path.parent == UNTRUSTED_DIR and path.suffix == ".py":
+            return untrusted_spec(str(path), enforce)
+        if path == HANDLER:
+            return WorkerSpec()  # the host's rights; and the default spec, so it can come from the warm pool
+        if path == FETCH_PROXY:
+            return WorkerSpec(env={UPSTREAM_ENV: upstream})
+        # e.g. an untrusted module asking for broker_proxy().worker_proxy("subprocess"): it would run trusted
+        raise PermissionError(f"the example app runs only its own worker modules, not {module!r}")
+
+    return construct
+
+
+def make_broker(upstream: str, enforce: str = "strict") -> WorkerBroker:
+    return WorkerBroker(
+        worker_constructor=worker_constructor(upstream, enforce),
+        worker_cleaner=cleaner(worker_count=MAX_WORKERS, idle_timeout=IDLE_TIMEOUT),
+        call_timeout=HANDLER_TIMEOUT,
+    )
+
+
+def untrusted_module(name: str) -> Path | None:
+    """The file of untrusted module ``name``, if there is one (``name`` is a URL segment: checked)."""
+    if not name.isidentifier():
+        return None
+    path = UNTRUSTED_DIR / f"{name}.py"
+    return path if path.is_file() else None
+
+
+# -- values to HTTP ---------------------------------------------------------------------------------------------
+
+# headers about one hop's connection, which the server sets itself
+_HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"upgrade", b"te", b"trailer"}
+
+
+def to_http(value: Any) -> HTTPResponse:
+    """What a module returned, as an HTTP response: a `Response` as it is, None 204, str text, else JSON."""
+    if isinstance(value, Response):
+        bodiless = value.status < 200 or value.status in (204, 304)
+        answer = HTTPResponse(b"" if bodiless else value.body, value.status)
+        for name, text in value.headers:
+            key = name.lower().encode("latin-1")
+            if key not in _HOP_BY_HOP:
+                answer.raw_headers.append((key, text.encode("latin-1", errors="replace")))
+        return answer
+    if value is None:
+        return HTTPResponse(status_code=204)
+    if isinstance(value, str):
+        return PlainTextResponse(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return HTTPResponse(bytes(value), media_type="application/octet-stream")
+    body = json.dumps(value, ensure_ascii=False, default=_jsonable)
+    return HTTPResponse(body, media_type="application/json")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+# -- the app ----------------------------------------------------------------------------------------------------
+
+
+def create_app(broker: WorkerBroker) -> Starlette:
+    """The Starlette app, serving through ``broker`` (made by `make_broker`; the caller closes it)."""
+    handler = broker.worker_proxy(HANDLER, asynchronous=True)
+
+    async def index(request: Request) -> HTTPResponse:
+        base = str(request.base_url).rstrip("/")
+        lines = ["wb-magic example app: the seed's web server on worker kernels. Try:", ""]
+        return PlainTextResponse("\n".join(lines + [base + url for url in TRY]) + "\n")
+
+    async def reload(request: Request) -> HTTPResponse:
+        name = request.path_params["name"]
+        path = untrusted_module(name)
+        if path is None:
+            return PlainTextResponse(f"No module {name!r}", status_code=404)
+        buster = str(time.time_ns())
+        try:
+            await run_in_threadpool(broker.worker_import, path, buster, timeout=RELOAD_TIMEOUT)
+        except (WorkerDied, WorkerStartError) as exc:
+            log.warning("reloading %s: %s", name, exc)
+            return PlainTextResponse(f"The worker of {name!r} died", status_code=502)
+        except CallTimeout:
+            return PlainTextResponse(f"Reloading {name!r} took too long", status_code=504)
+        except Exception as exc:
+            log.error("reloading %s failed: %s: %s\n%s", name, type(exc).__name__, exc, _remote_trace(exc))
+            return PlainTextResponse(f"Module {name!r} failed to load", status_code=500)
+        log.info("reloaded %s (cache buster %s)", name, buster)
+        return PlainTextResponse("Module reloaded")
+
+    async def call(request: Request) -> HTTPResponse:
+        name, fn = request.path_params["name"], request.path_params["fn"]
+        if untrusted_module(name) is None:
+            return PlainTextResponse(f"No module {name!r}", status_code=404)
+        try:
+            value = await handler.handle(name, fn, dict(request.query_params))
+        except WorkerDied as exc:  # the handler itself died; the next request starts a fresh one
+            log.warning("the handler died serving %s/%s: %s", name, fn, exc)
+            return PlainTextResponse("The handler worker died", status_code=502)
+        except CallTimeout:
+            return PlainTextResponse(f"{name}/{fn} took too long", status_code=504)
+        except WorkerBrokerError as exc:
+            log.error("serving %s/%s: %s", name, fn, exc)
+            return PlainTextResponse("Bad Gateway", status_code=502)
+        except Exception as exc:
+            log.error("serving %s/%s: %s: %s\n%s", name, fn, type(exc).__name__, exc, _remote_trace(exc))
+            return PlainTextResponse("Internal Server Error", status_code=500)
+        return to_http(value)
+
+    routes = [
+        Route("/", index),
+        Route("/{name}", reload),
+        Route("/{name}/{fn}", call),
+    ]
+    app = Starlette(routes=routes)
+    app.state.broker = broker
+    return app
+
+
+def _remote_trace(exc: BaseException) -> str:
+    return str(getattr(exc, "remote_traceback", "") or "").rstrip()
+
+
+# -- running it -------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m examples.app``: serve the app on http://127.0.0.1:8000 (localhost only) until interrupted."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m examples.app", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("WB_APP_PORT", DEFAULT_PORT)), help="0 picks a free port"
+    )
+    parser.add_argument(
+        "--enforce",
+        choices=("strict", "best-effort"),
+        default="strict",
+        help="strict (the default): an untrusted worker whose sandbox this machine cannot enforce does not start",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    # SIGTERM ends the server as Ctrl-C does, so that the workers are shut down on the way out
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    sock = socket.create_server(("127.0.0.1", args.port))  # listening from here on: connections queue
+    port = sock.getsockname()[1]
+    upstream = Upstream()
+    broker = make_broker(upstream.url, args.enforce)
+    try:
+        broker.worker_import(HANDLER)  # start the handler now rather than on the first request
+        base = f"http://localhost:{port}"
+        print(f"wb-magic example app listening on {base}/ (127.0.0.1 only). Try:", flush=True)
+        for url in TRY:
+            print(f"  {base}{url}", flush=True)
+        print(f"(the fetch proxy fetches from {upstream.url}, a local stand-in for a joke API; Ctrl-C stops)")
+        config = uvicorn.Config(create_app(broker), host="127.0.0.1", port=port, log_level="info")
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.close()
+        upstream.close()
+        sock.close()
+    print("example app stopped; its workers are shut down", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
