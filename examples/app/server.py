@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"wb-magic example app listening on {base}/ (127.0.0.1 only). Try:", flush=True)
         for url in TRY:
             print(f"  {base}{url}", flush=True)
-        print(f"(the fetch proxy fetches from {upstream.url}, a local stand-in for a joke API; Ctrl-C stops)")
+        print(f"(the fetch proxy fetches from {upstream.url}, a stand-in for a joke API; Ctrl-C stops)", flush=True)
         config = uvicorn.Config(create_app(broker), host="127.0.0.1", port=port, log_level="info")
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:
