@@ -286,6 +286,21 @@ def test_a_fork_bomb_through_libc_makes_no_process(sandbox):
     assert other.hello("after") == "Hello after"
 
 
+def test_a_subprocess_is_confined_by_the_kernel_alone(sandbox, files):
+    secret, _, _ = files
+    _, attacks = sandbox(Permissions(read=[ATTACKS], run=True))
+    # the child interpreter has no audit hook: every refusal below is the kernel's
+    code, out, err = attacks.python_child(f"print(open({str(secret)!r}).read())")
+    assert code == 1 and "PermissionError: [Errno 13] Permission denied" in err and "secret" not in out
+    code, _, err = attacks.python_child("import _ctypes")
+    assert code == 1 and "Permission denied" in err  # ffi denied: its module is unreadable
+    code, _, err = attacks.python_child("import socket; socket.socket()")
+    assert code == 1 and "PermissionError: [Errno 1] Operation not permitted" in err
+    code, out, _ = attacks.python_child(f"import os; os.kill({HOST}, 0)")
+    assert code == 1
+    assert attacks.python_child("print('a child runs')")[1] == "a child runs\n"
+
+
 # -- the environment, the host and other workers ---------------------------------------------------------------------
 
 
@@ -362,14 +377,17 @@ def test_another_workers_connection_file_is_out_of_reach(sandbox):
 def test_without_ffi_there_is_no_foreign_function_interface(sandbox):
     _, attacks = sandbox()
     assert attacks.loaded("_ctypes") is False
-    for name in ("ctypes", "_ctypes"):
-        with pytest.raises(PermissionError) as excinfo:
+    for name in ("ctypes", "_ctypes", "_cffi_backend"):
+        with pytest.raises(ImportError) as excinfo:  # as the kernel makes it fail: libraries probe for ctypes so
             attacks.import_module(name)
         _permission_error(excinfo, "ffi")
-    with pytest.raises(PermissionError):
-        attacks.python_exec_memory()  # seccomp: no anonymous executable memory
+    assert attacks.import_module("numpy") == "numpy"  # which does probe for ctypes
+    for source in (None, ATTACKS):  # seccomp: no anonymous executable memory, nor writable and executable
+        with pytest.raises(PermissionError):
+            attacks.python_exec_memory(source)
     _, native = sandbox(Permissions(read=[ATTACKS], ffi=True))
     assert native.python_exec_memory() == "mapped"
+    assert native.python_exec_memory(ATTACKS) == "mapped"
 
 
 # -- limits ---------------------------------------------------------------------------------------------------------
@@ -381,6 +399,25 @@ def test_a_memory_hog_gets_memory_error_and_everyone_else_goes_on(sandbox):
     assert other.hello("before") == "Hello before"
     with pytest.raises(MemoryError):
         attacks.memory_hog()
+    assert attacks.hello("after") == "Hello after"
+    assert other.hello("after") == "Hello after"
+
+
+def test_a_file_cannot_grow_past_the_file_size_limit(sandbox, files):
+    _, _, writable = files
+    _, attacks = sandbox(Permissions(read=[ATTACKS], write=[writable]), file_size_limit=10_000)
+    assert attacks.write_file(str(writable / "small.txt"), "x" * 1000) == 1000
+    with pytest.raises(OSError) as excinfo:
+        attacks.write_file(str(writable / "big.txt"), "x" * 100_000)
+    assert excinfo.value.errno == errno.EFBIG
+    assert (writable / "big.txt").stat().st_size <= 10_000
+
+
+def test_a_thread_bomb_is_bounded_by_the_memory_limit(sandbox):
+    broker, attacks = sandbox(memory_limit=512_000_000)  # every thread reserves its stack against it
+    other = broker.worker_proxy(WORKERS / "hello.py")
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        attacks.thread_bomb()
     assert attacks.hello("after") == "Hello after"
     assert other.hello("after") == "Hello after"
 
@@ -451,6 +488,22 @@ def test_a_sandboxed_worker_ends_with_its_host(tmp_path):
 def test_default_permissions_let_a_worker_read_its_own_module(sandbox):
     _, attacks = sandbox(Permissions())
     assert attacks.hello("own module") == "Hello own module"
+
+
+def test_everything_allowed_still_keeps_the_host_and_the_keys_out_of_reach(sandbox):
+    broker, attacks = sandbox(Permissions.all())
+    assert attacks.read_file("/etc/hostname") == open("/etc/hostname").read()[:200]
+    assert attacks.libc_kill(HOST, 0) == "EPERM"
+    assert attacks.libc_ptrace(HOST) == "EPERM"
+    assert attacks.libc_open(broker.worker_for(ATTACKS).manager.connection_file) == "EACCES"
+    with pytest.raises(PermissionError):
+        attacks.read_file(f"/proc/{HOST}/environ")
+
+
+def test_hooks_load_inside_the_sandbox(sandbox):
+    _, attacks = sandbox(hooks=f"{WORKERS / 'hooks.py'}")
+    assert attacks.hello("hooked") == "Hello hooked"
+    assert attacks.loaded("hooks") is True
 
 
 def test_permissions_are_plain_data():

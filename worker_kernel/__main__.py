@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     if os.environ.get("WB_DEBUG"):
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s worker %(process)d %(name)s: %(message)s")
-    if options.sandbox is not None:  # never returns: re-executes confined, or exits with the reason it cannot
+    if options.sandbox is not None:  # re-executes confined, or exits with the reason it cannot
         from .sandbox import confine_and_exec
 
         command = [sys.executable, "-s", "-B", "-m", "worker_kernel", "-f", options.connection_file]

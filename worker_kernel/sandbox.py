@@ -109,7 +109,7 @@ MS_PRIVATE, MS_RELATIME = 1 << 18, 1 << 21
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 SOCK_STREAM, SOCK_TYPE_MASK = 1, 0xF
 MSG_FASTOPEN = 0x20000000
-PROT_EXEC, MAP_ANONYMOUS = 4, 0x20
+PROT_WRITE, PROT_EXEC, MAP_ANONYMOUS = 2, 4, 0x20
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 SIGXCPU = 24
 
@@ -170,7 +170,7 @@ METADATA_CHANGES = (
 HOT = ("read", "write", "futex", "poll", "ppoll", "epoll_wait", "epoll_pwait", "recvfrom", "recvmsg", "getpid",
        "sched_yield")  # fmt: skip
 
-DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/full")
+DEVICES = ("/dev/null", "/dev/urandom", "/dev/random", "/dev/full")  # not /dev/zero: it maps as anonymous memory
 NET_FILES = (
     "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/host.conf", "/etc/services",
     "/etc/protocols", "/etc/ssl", "/etc/ca-certificates", "/usr/share/ca-certificates",
@@ -371,10 +371,12 @@ def runtime_paths() -> tuple[list[str], list[str], list[str]]:
     pyzmq, the shared libraries this process has mapped, the system's library folders (where extension modules
     find theirs), the dynamic linker's cache, the time zone and the C.UTF-8 locale."""
     read = _site_dirs()
-    import zmq
+    import importlib.util
 
     package = os.path.dirname(os.path.abspath(__file__))
-    read.update({package, os.path.dirname(os.path.abspath(zmq.__file__))})
+    zmq = importlib.util.find_spec("zmq")
+    read.add(package)
+    read.update((zmq.submodule_search_locations or []) if zmq else [])
     if sys.prefix != sys.base_prefix:
         read.add(os.path.join(sys.prefix, "pyvenv.cfg"))
     multiarch = getattr(sys.implementation, "_multiarch", "") or ""
@@ -417,11 +419,16 @@ def _ffi_files() -> list[str]:
     import glob
 
     roots = _site_dirs() | set(glob.glob("/usr/lib/python3*")) | set(glob.glob("/usr/local/lib/python3*"))
-    found = set()
+    prefixes = tuple(name + "." for name in FFI_MODULES)
+    found: set[str] = set()
     for root in roots:
         for sub in ("", "lib-dynload", "site-packages", "dist-packages"):
-            for name in FFI_MODULES:
-                found.update(glob.glob(os.path.join(root, sub, name + ".*so")))
+            try:
+                entries = os.scandir(os.path.join(root, sub))
+            except OSError:
+                continue
+            with entries:
+                found.update(e.path for e in entries if e.name.startswith(prefixes) and e.name.endswith(".so"))
     return sorted(_real(f) for f in found)
 
 
@@ -551,16 +558,23 @@ class Plan:
 # -- stage 1: the confiner ---------------------------------------------------------------------------------------
 
 
-def confine_and_exec(config_text: str, connection_file: str, argv: list[str]) -> NoReturn:
+def confine_and_exec(config_text: str, connection_file: str, argv: list[str]) -> None:
     """Confine this process as the configuration says and ``execve`` ``argv`` (a confined worker command, to
     which ``--confined FD`` is added). Refuses to start, with the reason on stderr and in the refusal file and
-    exit code `REFUSED_EXIT_CODE`, if the sandbox cannot be enforced."""
+    exit code `REFUSED_EXIT_CODE`, if the sandbox cannot be enforced.
+
+    Returns (and the caller goes on unconfined) only for limits without permissions, which apply in place, or
+    for a best-effort sandbox on a system that has none of the mechanisms, after a loud warning."""
     try:
         config = SandboxConfig.loads(config_text)
         with open(connection_file, encoding="utf-8") as f:
             connection = json.load(f)
-        hooks_file = _hooks_file(argv)
-        plan = Plan(config, connection, hooks_file)
+        plan = Plan(config, connection, _hooks_file(argv))
+        if config.permissions is None or not sys.platform.startswith("linux"):
+            _limits(config)
+            if plan.unenforced:
+                _warn("WARNING: this wb-magic worker runs best-effort: NOT ENFORCED: " + "; ".join(plan.unenforced))
+            return
         brief = _prepare(plan, connection)
         _confine(plan)
         _exec(plan, [*argv, "--confined", str(brief)])
@@ -839,10 +853,11 @@ def seccomp_rules(p: Permissions, abi: int, pid: int, exec_path: int = 0, guard_
     rules += [SeccompRule("ioctl", deny, (Check(1, cmd),)) for cmd in (TIOCSTI, TIOCLINUX)]
     if p.write is not True:
         rules += [SeccompRule(name, deny) for name in METADATA_CHANGES]
-    if not p.ffi:  # no executable memory but what is mapped from (non-writable) files
+    if not p.ffi:  # no executable memory but files mapped as they are: not anonymous, not writable, never later
         rules.append(
             SeccompRule("mmap", deny, (Check(2, PROT_EXEC, PROT_EXEC), Check(3, MAP_ANONYMOUS, MAP_ANONYMOUS)))
         )
+        rules.append(SeccompRule("mmap", deny, (Check(2, PROT_EXEC | PROT_WRITE, PROT_EXEC | PROT_WRITE),)))
         rules.append(SeccompRule("mprotect", deny, (Check(2, PROT_EXEC, PROT_EXEC),)))
         rules.append(SeccompRule("pkey_mprotect", deny, (Check(2, PROT_EXEC, PROT_EXEC),)))
         rules.append(SeccompRule("memfd_create", deny))
@@ -989,10 +1004,11 @@ class AuditHook:
             handler(args)
 
     @staticmethod
-    def deny(permission: str, what: str) -> PermissionError:
-        return PermissionError(
-            errno.EACCES, f"Requires {permission} access to {what}, which this worker's Permissions do not grant"
-        )
+    def message(permission: str, what: str) -> str:
+        return f"Requires {permission} access to {what}, which this worker's Permissions do not grant"
+
+    def deny(self, permission: str, what: str) -> PermissionError:
+        return PermissionError(errno.EACCES, self.message(permission, what))
 
     # files
     def _open(self, args: tuple[Any, ...]) -> None:
@@ -1077,14 +1093,16 @@ class AuditHook:
             raise self.deny("ffi", f"load the native library {args[0]!r}")
 
     def _import(self, args: tuple[Any, ...]) -> None:
+        """An import that would load a foreign-function interface fails as an `ImportError` (naming ffi), as the
+        kernel would make it fail: libraries probe for ctypes with ``except ImportError``."""
         if self.p.ffi:
             return
         name, filename = args[0], args[1] if len(args) > 1 else None
         if name in FFI_MODULES or name in ("ctypes", "cffi"):
-            raise self.deny("ffi", f"the foreign-function interface (import {name})")
+            raise ImportError(self.message("ffi", f"the foreign-function interface (import {name})"), name=name)
         if isinstance(filename, str) and filename.endswith(".so"):
             if any(_within(_real(filename), w) for w in self.writable):
-                raise self.deny("ffi", f"a native module in a writable folder ({filename})")
+                raise ImportError(self.message("ffi", f"a native module in a writable folder ({filename})"), name=name)
 
 
 def _warn(text: str) -> None:

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 
 def hello(name: str) -> str:
@@ -169,6 +170,12 @@ def run_subprocess() -> str:
     return subprocess.run(["/bin/echo", "escaped"], capture_output=True, text=True, check=True).stdout
 
 
+def python_child(code: str) -> list:
+    """A child interpreter (run allowed): it has no audit hook of ours, only what the kernel enforces."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    return [done.returncode, done.stdout, done.stderr]
+
+
 def execv() -> None:
     os.execv("/bin/echo", ["echo", "escaped"])
 
@@ -267,6 +274,15 @@ def memory_hog() -> int:
         chunks.append(bytearray(16 << 20))
 
 
+def thread_bomb() -> int:
+    stop = threading.Event()
+    try:
+        while True:
+            threading.Thread(target=stop.wait, daemon=True).start()
+    finally:
+        stop.set()
+
+
 def spin() -> None:
     while True:
         pass
@@ -288,9 +304,14 @@ def import_module(name: str) -> str:
     return name
 
 
-def python_exec_memory() -> str:
-    """Executable anonymous memory through Python's own mmap module: the start of shellcode without ctypes."""
+def python_exec_memory(path: str | None = None) -> str:
+    """Writable executable memory through Python's own mmap module, anonymous or a private copy of a file it
+    can read: the start of shellcode without ctypes."""
     import mmap
 
-    with mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC):
+    prot = mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC
+    if path is None:
+        with mmap.mmap(-1, 4096, prot=prot):
+            return "mapped"
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=prot):
         return "mapped"
