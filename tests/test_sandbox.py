@@ -390,6 +390,22 @@ def test_without_ffi_there_is_no_foreign_function_interface(sandbox):
     assert native.python_exec_memory(ATTACKS) == "mapped"
 
 
+def test_a_native_library_planted_in_a_readable_and_writable_folder_does_not_load(sandbox, tmp_path):
+    import _json
+
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    _, attacks = sandbox(Permissions(read=[ATTACKS, folder], write=[folder]))
+    with pytest.raises(ImportError) as excinfo:
+        attacks.plant_library(_json.__file__, str(folder))
+    _permission_error(excinfo, "ffi")
+    planted = str(folder / os.path.basename(_json.__file__))
+    assert os.path.exists(planted)
+    with pytest.raises(PermissionError):  # the kernel: the folder is mounted noexec in the worker
+        attacks.exec_map(planted)
+    assert attacks.exec_map(ATTACKS) == "mapped"  # where it cannot write, files map as code as usual
+
+
 # -- limits ---------------------------------------------------------------------------------------------------------
 
 
@@ -437,22 +453,32 @@ def test_a_cpu_hog_is_killed_by_its_cpu_limit(sandbox):
 # -- fail closed ------------------------------------------------------------------------------------------------------
 
 
-def _without_landlock(**spec) -> WorkerSpec:
-    argv = (sys.executable, str(WORKERS / "no_landlock.py"), "-f", "{connection_file}")
-    return WorkerSpec(argv=argv, permissions=Permissions(read=[ATTACKS]), **spec)
+def _old_kernel(missing: str, permissions: Permissions | None = None, **spec) -> WorkerSpec:
+    argv = (sys.executable, str(WORKERS / "old_kernel.py"), missing, "-f", "{connection_file}")
+    return WorkerSpec(argv=argv, permissions=permissions or Permissions(read=[ATTACKS]), **spec)
 
 
-def test_a_worker_refuses_to_start_where_landlock_is_missing(capfd):
-    with WorkerBroker(worker_constructor=lambda module, s: _without_landlock(), call_timeout=60) as broker:
-        with pytest.raises(WorkerDied, match="refused to start: .*cannot enforce read.*Landlock is not available"):
+@pytest.mark.parametrize(
+    ("missing", "reason"),
+    [
+        ("landlock", r"cannot enforce read, write, ffi, sys, .*: Landlock is not available"),
+        ("seccomp", r"cannot enforce net, run, ffi, sys, write, .*: seccomp filters are not available"),
+    ],
+)
+def test_a_worker_refuses_to_start_where_its_sandbox_cannot_be_enforced(missing, reason, capfd):
+    with WorkerBroker(worker_constructor=lambda module, s: _old_kernel(missing), call_timeout=60) as broker:
+        with pytest.raises(WorkerDied, match="refused to start: the worker's sandbox: " + reason):
             broker.worker_proxy(ATTACKS).hello("x")
     assert "wb-magic worker refused to start" in capfd.readouterr().err
 
 
 def test_best_effort_runs_with_a_loud_warning(capfd):
-    spec = _without_landlock(enforce="best-effort")
+    spec = _old_kernel("landlock", Permissions(read=[ATTACKS], ffi=True), enforce="best-effort")
     with WorkerBroker(worker_constructor=lambda module, s: spec, call_timeout=60) as broker:
-        assert broker.worker_proxy(ATTACKS).hello("anyway") == "Hello anyway"
+        attacks = broker.worker_proxy(ATTACKS)
+        assert attacks.hello("anyway") == "Hello anyway"
+        assert attacks.libc_open("/etc/hostname").startswith("opened")  # best effort: files are NOT protected
+        assert attacks.libc_tcp_connect(1) == "socket: EPERM"  # but what seccomp enforces still holds
     err = capfd.readouterr().err
     assert re.search(r"WARNING: .*best-effort: NOT ENFORCED: .*Landlock is not available", err)
 

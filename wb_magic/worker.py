@@ -104,10 +104,9 @@ class Worker:
         code = process.poll() if process is not None else None
         if code is None:
             return "it stopped answering"
-        if code == REFUSED_EXIT_CODE:
-            reason = self._refusal()
-            if reason:
-                return f"it refused to start: {reason}"
+        if code == REFUSED_EXIT_CODE and self.spec.sandboxed:
+            reason = self._refusal() or "its sandbox could not be applied (its stderr says why)"
+            return f"it refused to start: {reason}"
         if code < 0:
             import signal
 

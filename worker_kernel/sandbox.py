@@ -93,6 +93,7 @@ CAP_SETPCAP = 8
 CAP_SYS_ADMIN = 21
 
 SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_GET_ACTION_AVAIL = 2
 SECCOMP_RET_KILL_PROCESS = 0x80000000
 SECCOMP_RET_ERRNO = 0x00050000
 SECCOMP_RET_ALLOW = 0x7FFF0000
@@ -248,8 +249,13 @@ def seccomp_problem() -> str | None:
     machine = os.uname().machine
     if machine != "x86_64":
         return f"the seccomp filter knows x86_64 system calls only, and this machine is {machine}"
-    if "Seccomp:" not in _status():
-        return "this kernel was built without seccomp"
+    import ctypes
+
+    action = ctypes.c_uint32(SECCOMP_RET_ERRNO)  # can the kernel filter, and return errors from a filter?
+    try:
+        _syscall(SYS_seccomp, ctypes.c_uint(SECCOMP_GET_ACTION_AVAIL), ctypes.c_uint(0), ctypes.byref(action))
+    except OSError as exc:
+        return f"seccomp filters are not available ({exc.strerror})"
     return None
 
 

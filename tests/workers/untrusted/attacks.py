@@ -292,6 +292,29 @@ def handle_sigxcpu() -> None:
     signal.signal(signal.SIGXCPU, signal.SIG_IGN)
 
 
+def exec_map(path: str) -> str:
+    """Map a file executable (read-only, as the dynamic loader maps a library's code)."""
+    import mmap
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_EXEC):
+        return "mapped"
+
+
+def plant_library(source: str, folder: str) -> str:
+    """Copy a native extension module into a folder, and import it from there."""
+    import importlib
+    import shutil
+
+    target = os.path.join(folder, os.path.basename(source))
+    shutil.copyfile(source, target)
+    sys.path.insert(0, folder)
+    name = os.path.basename(source).split(".")[0]
+    sys.modules.pop(name, None)
+    importlib.invalidate_caches()
+    importlib.import_module(name)
+    return "imported"
+
+
 # -- what the worker is made of -------------------------------------------------------------------------------------
 
 
