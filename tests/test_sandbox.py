@@ -552,6 +552,36 @@ def test_permissions_are_plain_data():
         launch(WorkerSpec(kernel_name="python3", permissions=Permissions()))
 
 
+def test_the_seccomp_filter_alone_where_landlock_cannot_scope_signals():
+    """The filter as built for Landlock ABI 5 (no signal scoping), installed in a child process on its own."""
+    code = textwrap.dedent(
+        f"""
+        import os, signal, socket, threading
+        from wb_magic import Permissions
+        from worker_kernel.sandbox import install_seccomp, seccomp_program
+        install_seccomp(seccomp_program(Permissions(), 5, os.getpid()))
+        outcome = []
+        for attempt in (lambda: os.kill({HOST}, 0), lambda: os.kill(0, 0), lambda: os.kill(-1, 0), os.fork,
+                        socket.socket, lambda: os.setpriority(os.PRIO_PROCESS, {HOST}, 19)):
+            try:
+                attempt()
+                outcome.append("allowed")
+            except PermissionError:
+                outcome.append("denied")
+        os.kill(os.getpid(), 0)  # itself: allowed
+        signal.pthread_kill(threading.main_thread().ident, 0)
+        thread = threading.Thread(target=outcome.append, args=("thread",))
+        thread.start()
+        thread.join()
+        print(outcome)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(["denied"] * 6 + ["thread"])
+    assert os.getpriority(os.PRIO_PROCESS, HOST) != 19
+
+
 def test_the_seccomp_filter_uses_this_kernels_system_call_numbers():
     header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
     if not header.exists():

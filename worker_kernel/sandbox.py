@@ -237,7 +237,9 @@ def landlock_abi() -> int:
     import ctypes
 
     try:
-        return _syscall(SYS_landlock_create_ruleset, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+        return _syscall(
+            SYS_landlock_create_ruleset, None, ctypes.c_size_t(0), ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION)
+        )
     except OSError:
         return 0
 
@@ -296,8 +298,9 @@ def _within(path: str, root: str) -> bool:
 
 def _grant(path: str, rights: int, hide: list[str]) -> list[Rule]:
     """Rules granting ``rights`` beneath ``path`` but not beneath the ``hide`` paths. Landlock has no deny
-    rules and a folder's rights cover everything beneath it, so a folder holding a hidden path gets nothing
-    itself (not even listing: that would list the hidden one too), and its entries are granted one by one."""
+    rules and a folder's rights cover everything beneath it, so a folder holding a hidden path gets listing at
+    most (none if a hidden folder is beneath it: listing would reach into that folder too), and its entries
+    are granted one by one."""
     real = _real(path)
     if not os.path.exists(real) or any(_within(real, h) for h in hide):
         return []  # a missing or hidden path is not granted: the safe side
@@ -485,8 +488,6 @@ class Plan:
                 problems.append(("write", f"Landlock ABI {self.abi} cannot deny truncation (needs 3)"))
             if self.abi < 4 and isinstance(p.net, tuple):
                 problems.append(("net", f"Landlock ABI {self.abi} cannot filter TCP ports (needs 4)"))
-            if self.abi < 6 and p.run and not self.seccomp_problem:
-                problems.append(("isolation from the host", f"Landlock ABI {self.abi} cannot scope signals (needs 6)"))
         if self.seccomp_problem:
             why = self.seccomp_problem
             problems += [(name, why) for name in ("net", "run", "ffi", "sys") if name in denied]
@@ -850,8 +851,8 @@ def seccomp_rules(p: Permissions, abi: int, pid: int, exec_path: int = 0, guard_
     for name, which in (("setpriority", 0), ("ioprio_set", 1)):
         rules += [SeccompRule(name, allow, (Check(0, which), Check(1, who))) for who in (0, pid)]
         rules.append(SeccompRule(name, deny))
-    if abi < 6:  # no Landlock signal scoping: signals to this process only
-        rules += [SeccompRule("kill", allow, (Check(0, who),)) for who in (0, pid)]
+    if abi < 6:  # no Landlock signal scoping: signals to this process only (so, not to its children)
+        rules.append(SeccompRule("kill", allow, (Check(0, pid),)))
         rules += [SeccompRule(n, allow, (Check(0, pid),)) for n in ("tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")]
         rules += [SeccompRule(n, deny) for n in
                   ("kill", "tgkill", "tkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal")]  # fmt: skip
@@ -1028,6 +1029,8 @@ class AuditHook:
             self._path(path, FS_READ_FILE, "read")
 
     def _path(self, path: Any, right: int, permission: str, dir_fd: Any = None) -> None:
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
         if not isinstance(path, (str, bytes)):
             return
         text = os.fsdecode(path)
