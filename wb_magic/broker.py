@@ -80,6 +80,7 @@ class WorkerBroker:
         self._descriptions: dict[str, tuple[Any, dict[str, Any]]] = {}
         self._lock = threading.RLock()
         self._end_lock = threading.Lock()
+        self._batches: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         self.closed = False
         self.warm_workers = max(0, warm_workers)
         self._pool: list[Worker] = []  # started kernels with no module yet, launched with the default spec
@@ -237,10 +238,12 @@ class WorkerBroker:
             call = Call(worker.connection.session.new_id(), worker, function, sys.stdout, sys.stderr)  # type: ignore[union-attr]
             call.loop = loop
             call.future = loop.create_future()
+            self._pump.serve_loop(loop)
             self._pump.async_started()
             self._send_call(worker, call, WB_CALL, content, buffers, leader=False)
+            self._pump.kick(loop)
             try:
-                await asyncio.wait_for(asyncio.shield(call.future), timeout)
+                await asyncio.wait_for(call.future, timeout)
             except asyncio.TimeoutError:
                 self._interrupt(worker, call)
                 self._abandon(call, CallTimeout(f"{function}() in worker {worker.key!r} took longer than {timeout} s"))
@@ -494,8 +497,30 @@ class WorkerBroker:
             call.on_done(call)
         if call.future is not None:
             self._pump.async_ended()
-            call.loop.call_soon_threadsafe(_resolve_future, call.future)
+            self._deliver(call)
         self._pump.delivered()
+
+    def _deliver(self, call: Call) -> None:
+        """Wake the awaiting coroutine. Results for one event loop go in batches: one thread-safe wake-up (a
+        write to the loop's self-pipe) per batch, not per call, which is what pipelined calls need."""
+        loop = call.loop
+        with self._end_lock:
+            batch = self._batches.setdefault(loop, [])
+            first = not batch
+            batch.append(call.future)
+        if first:
+            try:
+                loop.call_soon_threadsafe(self._resolve_batch, loop)
+            except RuntimeError:  # the loop has closed: nobody waits any more
+                with self._end_lock:
+                    self._batches.pop(loop, None)
+
+    def _resolve_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._end_lock:
+            futures = self._batches.pop(loop, [])
+        for future in futures:
+            if not future.done():
+                future.set_result(None)
 
     def _abandon(self, call: Call, error: BaseException) -> None:
         """The caller stops waiting: the call ends with ``error`` unless it has just ended otherwise."""
@@ -702,11 +727,6 @@ class WorkerBroker:
 _CONTROL_CHARACTERS = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)])
 
 _RELAYED = ("status", "value", "ename", "emodule", "evalue", "eargs", "traceback")
-
-
-def _resolve_future(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _discard_all(sock: zmq.Socket) -> None:

@@ -6,8 +6,9 @@ thread switches per call, which cost more than the ZeroMQ round trip itself), th
 else's. Other threads that wait meanwhile are *followers*: they queue what they need sent and sleep on a
 condition until the leader has delivered their reply or has left, and then one of them leads.
 
-Coroutines never block the event loop: while ``await``-ed calls are pending, a background thread leads the pump
-and hands each result to the loop with ``call_soon_threadsafe``.
+Coroutines never block the event loop: the loop itself takes turns at leading, from readers on every socket's
+file descriptor (`serve_loop`), so an ``await``-ed call costs no thread switch either. When another thread
+leads while coroutines wait, it hands their results to the loop in batches, and kicks the loop when it leaves.
 
 So a synchronous call from a notebook costs: one send, one ``zmq_poll``, one receive, on the caller's thread.
 """
@@ -42,7 +43,8 @@ class Pump:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = count()
         self._async_pending = 0
-        self._async_thread: threading.Thread | None = None
+        self._loops: list[Any] = []  # event loops that take turns through readers (see serve_loop)
+        self._kicked = False
         self.closed = False
 
     # -- what runs on the leader --------------------------------------------------------------------------
@@ -52,10 +54,13 @@ class Pump:
         self._handlers[source] = handler
         self._poller.register(source, zmq.POLLIN)
         self._wake()
+        self._on_loops(lambda loop: loop.add_reader(_fd(source), self.turn))
 
     def unregister(self, source: Any) -> None:
         if self._handlers.pop(source, None) is not None:
             self._poller.unregister(source)
+            fd = _fd(source)
+            self._on_loops(lambda loop: loop.remove_reader(fd))
 
     def soon(self, action: Callable[[], None]) -> None:
         """Run ``action`` on the pump: now if this thread can lead, else by the leader at its next turn."""
@@ -68,9 +73,11 @@ class Pump:
             if lead:
                 self._leader = me
             else:
+                was_empty = not self._outbox
                 self._outbox.append(action)
         if not lead:
-            self._wake()
+            if was_empty:  # else the leader has been woken already and will take the whole queue
+                self._wake()
             return
         try:
             action()
@@ -82,6 +89,8 @@ class Pump:
         with self._cv:
             heapq.heappush(self._timers, (when, next(self._timer_ids), action))
         self._wake()
+        delay = max(0.0, when - _now())
+        self._on_loops(lambda loop: loop.call_later(delay, self.turn))
 
     # -- waiting ------------------------------------------------------------------------------------------------
 
@@ -120,6 +129,9 @@ class Pump:
         finally:
             if not nested:
                 self._step_down()
+                if self._async_pending and self._loops:
+                    # we may have taken the sockets' wake-ups while coroutines wait: let their loops look again
+                    self._on_loops(lambda loop: self.turn())
 
     def _step_down(self) -> None:
         with self._cv:
@@ -167,30 +179,66 @@ class Pump:
             with self._cv:
                 self._cv.notify_all()
 
-    # -- coroutines --------------------------------------------------------------------------------------------
+    # -- event loops ------------------------------------------------------------------------------------------
+
+    def serve_loop(self, loop: Any) -> None:
+        """Have the running event ``loop`` lead the pump in turns, from readers on every source's descriptor.
+
+        Called on the loop's thread before a coroutine awaits a reply. ZeroMQ's descriptors are edge-triggered,
+        which is why a turn drains everything that is ready, and why `kick` follows each send.
+        """
+        if loop in self._loops:
+            return
+        with self._cv:
+            self._loops = [known for known in self._loops if not known.is_closed()] + [loop]
+        for source in list(self._handlers):
+            loop.add_reader(_fd(source), self.turn)
+
+    def kick(self, loop: Any) -> None:
+        """Schedule one turn on ``loop`` (after a send: it can swallow a socket's wake-up)."""
+        if not self._kicked:
+            self._kicked = True
+            loop.call_soon(self.turn)
+
+    def turn(self) -> None:
+        """One non-blocking pass, on an event loop: lead if nobody does, take what is ready, step down."""
+        self._kicked = False
+        me = threading.get_ident()
+        with self._cv:
+            if self._leader is not None:
+                return  # the leader dispatches everything, and kicks the loops when it leaves
+            self._leader = me
+        try:
+            for _ in range(64):
+                while self._outbox:
+                    self._outbox.popleft()()
+                if self._timers:
+                    self._run_timers()
+                ready = self._poller.poll(0)
+                if not ready:
+                    break
+                for source, _ in ready:
+                    handler = self._handlers.get(source)
+                    if handler is not None:
+                        handler()
+        finally:
+            self._step_down()
+
+    def _on_loops(self, action: Callable[[Any], None]) -> None:
+        for loop in list(self._loops):
+            try:
+                loop.call_soon_threadsafe(action, loop)
+            except RuntimeError:  # closed
+                with self._cv:
+                    self._loops = [known for known in self._loops if known is not loop]
 
     def async_started(self) -> None:
         with self._cv:
             self._async_pending += 1
-            if self._async_thread is None or not self._async_thread.is_alive():
-                self._async_thread = threading.Thread(target=self._serve_async, name="wb-pump", daemon=True)
-                self._async_thread.start()
-            self._cv.notify_all()
-        self._wake()
 
     def async_ended(self) -> None:
         with self._cv:
             self._async_pending -= 1
-
-    def _serve_async(self) -> None:
-        while not self.closed:
-            with self._cv:
-                while self._async_pending <= 0 and not self.closed:
-                    self._cv.wait()
-            try:
-                self.wait(lambda: self._async_pending <= 0 or self.closed, None)
-            except Exception:  # pragma: no cover - a handler bug; keep serving the others
-                log.exception("the broker's pump failed")
 
     # -- wake-ups ------------------------------------------------------------------------------------------------
 
@@ -214,3 +262,7 @@ class Pump:
 
 
 _now = time.monotonic
+
+
+def _fd(source: Any) -> int:
+    return source if isinstance(source, int) else int(source.FD)

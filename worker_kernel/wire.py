@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from hashlib import sha256
@@ -148,7 +149,7 @@ class Session:
 
     def header(self, msg_type: str, msg_id: str) -> bytes:
         """A header's JSON. Built from a template: ids and types are ours, plain ASCII with nothing to escape."""
-        return self._template % (msg_id.encode(), msg_type.encode(), datetime.now(timezone.utc).isoformat().encode())
+        return self._template % (msg_id.encode(), msg_type.encode(), _utc_now())
 
     def sign(self, parts: Sequence[bytes]) -> bytes:
         if self._mac is None:
@@ -220,6 +221,21 @@ class Session:
         idents = [_as_bytes(f) for f in frames[:at]]
         buffers = [f if isinstance(f, bytes) else f.buffer for f in frames[at + 6 :]] if len(frames) > at + 6 else []
         return Message(idents, h, header, parent, metadata, content, buffers)
+
+
+_second = -1
+_second_text = b""
+
+
+def _utc_now() -> bytes:
+    """The time as ISO 8601 in UTC, as the spec's headers want it; the date part is formatted once a second."""
+    global _second, _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second:
+        _second_text = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S").encode()
+        _second = second
+    return b"%s.%06dZ" % (_second_text, int((now - second) * 1_000_000))
 
 
 def _as_bytes(frame: Any) -> bytes:
