@@ -8,7 +8,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from typing import Any
+
 from .errors import CallTimeout, RemoteError, WorkerBrokerError, WorkerDied
-from .worker import broker_proxy, current_call
 
 __all__ = ["CallTimeout", "RemoteError", "WorkerBrokerError", "WorkerDied", "broker_proxy", "current_call"]
+
+
+def __getattr__(name: str) -> Any:
+    # the API for code inside workers is imported when that code asks for it, not at every worker's start
+    if name in ("broker_proxy", "current_call"):
+        from . import worker
+
+        return getattr(worker, name)
+    raise AttributeError(f"module 'worker_kernel' has no attribute {name!r}")

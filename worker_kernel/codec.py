@@ -13,16 +13,10 @@ a hostile peer can at worst produce an error. One registry holds the built-in ty
 from __future__ import annotations
 
 import builtins
-import datetime as dt
 import sys
-import traceback
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from decimal import Decimal
 from math import isfinite as _isfinite
-from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import CallTimeout, RemoteError, WorkerBrokerError, WorkerDied, WorkerStartError
 
@@ -31,15 +25,16 @@ _PLAIN = (str, int, float, bool, type(None))
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
-@dataclass(frozen=True)
 class Buffer:
     """A raw frame inside a marshalled payload: encoded as a frame index, decoded as a memoryview."""
 
-    data: Any
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
 
 
-@dataclass(frozen=True)
-class Marshaller:
+class Marshaller(NamedTuple):
     """How one family of types crosses the boundary.
 
     ``encode(value)`` returns a value the codec carries (it may hold `Buffer`s); ``decode(payload)`` gets that
@@ -101,13 +96,28 @@ def _lookup(value: Any) -> Marshaller | None:
     found = _by_type.get(cls)
     if found is not None:
         return found
-    if cls.__module__ == "numpy" or cls.__module__.startswith("numpy."):
-        _register_numpy()
-    for marshaller in _families:
-        if isinstance(value, marshaller.types):
-            _by_type[cls] = marshaller
-            return marshaller
+    for attempt in range(2):
+        for marshaller in _families:
+            if isinstance(value, marshaller.types):
+                _by_type[cls] = marshaller
+                return marshaller
+        if attempt == 0 and not _load_families(cls):
+            return None
     return None
+
+
+def _load_families(cls: type) -> bool:
+    """Register the families whose modules are imported (the value's own, at least). Families of the
+    standard library's rarer types and of numpy are registered only when a value needs them, so that a worker
+    does not import datetime, decimal, uuid, pathlib or numpy to start. Returns whether any was added."""
+    wanted = {cls.__module__.partition(".")[0]} | {name for name in _LAZY if name in sys.modules}
+    added = False
+    for name in wanted:
+        register = _LAZY.pop(name, None)
+        if register is not None:
+            register()
+            added = True
+    return added
 
 
 # -- encoding -----------------------------------------------------------------------------------------------
@@ -209,8 +219,10 @@ def decode(data: Any, buffers: list[Any]) -> Any:
         except TypeError as exc:  # an unhashable key
             raise DecodeError(f"bad dict key: {exc}") from None
     marshaller = _by_tag.get(tag) if type(tag) is str else None
-    if marshaller is None and tag in ("ndarray", "npscalar"):
-        _register_numpy()
+    if marshaller is None and tag in _TAG_FAMILIES:
+        register = _LAZY.pop(_TAG_FAMILIES[tag], None)
+        if register is not None:
+            register()
         marshaller = _by_tag.get(tag)
     if marshaller is None:
         raise DecodeError(f"unknown value tag {tag!r}")
@@ -249,6 +261,8 @@ def exception_to_wire(exc: BaseException, buffers: list[Any]) -> dict[str, Any]:
     if cls.__module__.startswith("worker_kernel.") and cls.__module__ != "worker_kernel.errors":
         # our own internal types (Unencodable, DecodeError) travel as the built-in type they specialise
         cls = next(c for c in cls.__mro__ if c.__module__ == "builtins")
+    import traceback
+
     tb_lines = traceback.format_exception(exc)
     try:
         args = encode_value(list(exc.args), buffers, "args")
@@ -293,12 +307,6 @@ def exception_from_wire(content: dict[str, Any], buffers: list[Any]) -> BaseExce
 # -- the built-in marshallers -------------------------------------------------------------------------------
 
 
-def _path_decode(payload: list[str]) -> PurePath:
-    kind, text = payload
-    cls = {"PurePosixPath": PurePosixPath, "PureWindowsPath": PureWindowsPath}.get(kind, Path)
-    return cls(text)
-
-
 def _exception_encode(exc: BaseException) -> dict[str, Any]:
     # exceptions as values (returned, not raised) carry the same fields as error replies; buffers inside
     # their args are not supported, so args that need frames fall back to their text
@@ -331,23 +339,48 @@ _BUILT_INS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] = 
     ("set", set, list, set),
     ("frozenset", frozenset, list, frozenset),
     ("complex", complex, lambda c: [c.real, c.imag], lambda p: complex(*p)),
-    ("datetime", dt.datetime, dt.datetime.isoformat, dt.datetime.fromisoformat),
-    ("date", dt.date, dt.date.isoformat, dt.date.fromisoformat),
-    ("time", dt.time, dt.time.isoformat, dt.time.fromisoformat),
-    ("timedelta", dt.timedelta, lambda d: [d.days, d.seconds, d.microseconds], lambda p: dt.timedelta(*p)),
-    ("decimal", Decimal, str, Decimal),
-    ("uuid", uuid.UUID, str, uuid.UUID),
-    ("path", PurePath, lambda p: [type(p).__name__, str(p)], _path_decode),
     ("exception", BaseException, _exception_encode, _exception_decode),
 ]
 for _tag, _types, _enc, _dec in _BUILT_INS:
     register_marshaller(_tag, _types, _enc, _dec)
 
 
+def _register_datetime() -> None:
+    import datetime as dt
+
+    register_marshaller("datetime", dt.datetime, dt.datetime.isoformat, dt.datetime.fromisoformat)
+    register_marshaller("date", dt.date, dt.date.isoformat, dt.date.fromisoformat)
+    register_marshaller("time", dt.time, dt.time.isoformat, dt.time.fromisoformat)
+    register_marshaller(
+        "timedelta", dt.timedelta, lambda d: [d.days, d.seconds, d.microseconds], lambda p: dt.timedelta(*p)
+    )
+
+
+def _register_decimal() -> None:
+    from decimal import Decimal
+
+    register_marshaller("decimal", Decimal, str, Decimal)
+
+
+def _register_uuid() -> None:
+    from uuid import UUID
+
+    register_marshaller("uuid", UUID, str, UUID)
+
+
+def _register_paths() -> None:
+    from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
+
+    def decode(payload: list[str]) -> PurePath:
+        kind, text = payload
+        cls = {"PurePosixPath": PurePosixPath, "PureWindowsPath": PureWindowsPath}.get(kind, Path)
+        return cls(text)
+
+    register_marshaller("path", PurePath, lambda p: [type(p).__name__, str(p)], decode)
+
+
 def _register_numpy() -> None:
     """Arrays of non-object dtype as one raw frame each; numpy is imported only once a peer uses it."""
-    if "ndarray" in _by_tag:
-        return
     import numpy as np
 
     def encode_array(array: Any) -> dict[str, Any]:
@@ -376,5 +409,15 @@ def _register_numpy() -> None:
     register_marshaller("npscalar", np.generic, encode_scalar, decode_scalar)
 
 
-if "numpy" in sys.modules:  # pragma: no cover - depends on the process
-    _register_numpy()
+# families registered on first use: the module a value's type comes from -> how to register the family
+_LAZY: dict[str, Callable[[], None]] = {
+    "datetime": _register_datetime,
+    "decimal": _register_decimal,
+    "uuid": _register_uuid,
+    "pathlib": _register_paths,
+    "numpy": _register_numpy,
+}
+_TAG_FAMILIES = {
+    "datetime": "datetime", "date": "datetime", "time": "datetime", "timedelta": "datetime",
+    "decimal": "decimal", "uuid": "uuid", "path": "pathlib", "ndarray": "numpy", "npscalar": "numpy",
+}  # fmt: skip

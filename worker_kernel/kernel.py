@@ -1,6 +1,8 @@
 """The worker kernel's socket server: a lightweight Jupyter kernel (messaging protocol 5.3).
 
-Five sockets, as the spec has them: shell (ROUTER) and stdin (ROUTER) are served on the main thread's asyncio
+Five sockets, as the spec has them: shell (ROUTER) and stdin (ROUTER) are served on the main thread (by a plain
+``zmq_poll`` loop; by an asyncio loop from the first ``async def`` call on, since importing asyncio costs more
+than the rest of a worker's start-up),
 loop, control (ROUTER) on a thread of its own so that ``interrupt_request`` and ``shutdown_request`` are heard
 while a call runs, heartbeat (REP) echoed by ZeroMQ on a thread, iopub (XPUB) shared through `IOPub`.
 
@@ -12,7 +14,6 @@ tasks on the loop and interleave.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import logging
 import os
@@ -36,6 +37,8 @@ log = logging.getLogger("worker_kernel")
 
 Handler = Callable[[Message], None]
 
+running: WorkerKernel | None = None  # the kernel of this process, once started (see `worker.broker_proxy`)
+
 
 class WorkerKernel:
     """One worker process. ``connection`` is the connection-file dict; ``hooks`` see `CallRunner`."""
@@ -51,7 +54,9 @@ class WorkerKernel:
         self.execution_count = 0
         self._sync_depth = 0  # > 0 while a synchronous call or execute runs on the main thread
         self._sync_calls: list[str] = []  # ids of the synchronous calls running, innermost last
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.loop: Any = None  # the asyncio event loop, once an ``async def`` function is called
+        self._tasks: dict[str, Any] = {}  # call id -> the asyncio task running it
+        self._stopping = False
         self._waiting: dict[str, Any] = {}  # wb_broker_request id -> asyncio future, or None for a sync wait
         self._answers: dict[str, Message] = {}
         self._last_idents: list[bytes] = []
@@ -87,9 +92,8 @@ class WorkerKernel:
         return sock
 
     def start(self) -> None:
-        from . import worker
-
-        worker._kernel = self
+        global running
+        running = self
         self.shell = self._bind(zmq.ROUTER, "shell")
         self.stdin = self._bind(zmq.ROUTER, "stdin")
         self.stdin.router_mandatory = True
@@ -106,20 +110,61 @@ class WorkerKernel:
 
     def run(self) -> None:
         """Serve until shut down, or until the process that launched this worker ends."""
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-        self.loop.add_reader(self.shell.FD, self._drain_shell)
-        self.loop.add_reader(self.stdin.FD, self._drain_stdin)
-        self.loop.add_reader(self.iopub.socket.FD, self.iopub.take_subscriptions)
-        self._parent_fd = _watch_parent()
-        if self._parent_fd is not None:
-            self.loop.add_reader(self._parent_fd, self._parent_died)
-        self.loop.call_soon(self._drain_all)
+        _watch_parent()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the control thread's way in
         self.iopub.status("idle")
         try:
-            self.loop.run_forever()
+            self._serve()
+            if self.loop is not None and not self._stopping:
+                self._serve_asyncio()
         finally:
             self._close()
+
+    def _serve(self) -> None:
+        """The lean loop: poll the sockets and dispatch, until stopped or until a coroutine needs asyncio."""
+        poller = zmq.Poller()
+        handlers: dict[Any, Callable[[], None]] = {
+            self.shell: self._drain_shell,
+            self.stdin: self._drain_stdin,
+            self.iopub.socket: self.iopub.take_subscriptions,
+            self._wake_fd: self._drain_wake,
+        }
+        for source in handlers:
+            poller.register(source, zmq.POLLIN)
+        self._drain_all()
+        while not self._stopping and self.loop is None:
+            for source, _ in poller.poll():
+                handlers[source]()
+
+    def _serve_asyncio(self) -> None:
+        loop = self.loop
+        loop.add_reader(self.shell.FD, self._drain_shell)
+        loop.add_reader(self.stdin.FD, self._drain_stdin)
+        loop.add_reader(self.iopub.socket.FD, self.iopub.take_subscriptions)
+        loop.add_reader(self._wake_fd, self._drain_wake)
+        loop.call_soon(self._drain_all)
+        loop.run_forever()
+
+    def _event_loop(self) -> Any:
+        if self.loop is None:
+            import asyncio
+
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+        return self.loop
+
+    def _drain_wake(self) -> None:
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
+        if self._stopping and self.loop is not None:
+            self.loop.stop()
+
+    def _stop(self) -> None:
+        """Stop serving; safe from any thread."""
+        self._stopping = True
+        os.eventfd_write(self._wake_fd, 1)
 
     # -- the shell and stdin channels ------------------------------------------------------------------------
 
@@ -223,7 +268,7 @@ class WorkerKernel:
             self._error_reply(self.shell, msg, exc, request)
             return
         if is_async:
-            task = self.loop.create_task(self._run_async(msg, request, context, fn, args, kwargs))
+            task = self._event_loop().create_task(self._run_async(msg, request, context, fn, args, kwargs))
             self._tasks[msg.msg_id] = task
             return
         self._run_sync(msg, request, context, fn, args, kwargs)
@@ -335,9 +380,9 @@ class WorkerKernel:
         poller = zmq.Poller()
         for sock in (self.shell, self.stdin, self.iopub.socket):
             poller.register(sock, zmq.POLLIN)
-        deadline = None if timeout is None else self.loop.time() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while msg_id not in self._answers:
-            wait = None if deadline is None else max(0.0, deadline - self.loop.time())
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             if wait == 0.0:
                 self._waiting.pop(msg_id, None)
                 raise CallTimeout(f"no answer from the broker within {timeout} s")
@@ -346,13 +391,15 @@ class WorkerKernel:
         return _answer(self._answers.pop(msg_id))
 
     async def abroker_request(self, content: dict[str, Any], buffers: list[Any], timeout: float | None) -> Any:
+        import asyncio
+
         msg_id = self._broker_message(content, buffers)
         future = self.loop.create_future()
         self._waiting[msg_id] = future
         self._drain_stdin()  # the answer may already be here: the socket's edge-triggered fd won't tell again
         try:
             return _answer(await asyncio.wait_for(future, timeout))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise CallTimeout(f"no answer from the broker within {timeout} s") from None
         finally:
             self._waiting.pop(msg_id, None)
@@ -434,7 +481,8 @@ class WorkerKernel:
         """Interrupt everything running, or with ``wb_call_id`` (our extension) that one call only."""
         self._reply(self.control, msg, {"status": "ok"})
         call_id = msg.content.get("wb_call_id")
-        self.loop.call_soon_threadsafe(self._cancel_tasks, call_id)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._cancel_tasks, call_id)
         running = self._sync_calls[-1] if self._sync_calls else None
         if self._sync_depth > 0 and (call_id is None or call_id == running):
             signal.pthread_kill(self._main_thread, signal.SIGINT)
@@ -453,11 +501,7 @@ class WorkerKernel:
         restart = bool(msg.content.get("restart", False))
         self._reply(self._channel(), msg, {"status": "ok", "restart": restart})
         self.iopub.publish("shutdown_reply", {"status": "ok", "restart": restart}, msg.header)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-
-    def _parent_died(self) -> None:
-        log.warning("the process that launched this worker has ended; exiting")
-        self.loop.stop()
+        self._stop()
 
     def _close(self) -> None:
         _flush_streams()
@@ -489,16 +533,28 @@ def _echo(sock: zmq.Socket) -> None:
         pass
 
 
-def _watch_parent() -> int | None:
-    """A pidfd that becomes readable when the launching process ends, so a worker never outlives its host."""
+def _watch_parent() -> None:
+    """End this process when the one that launched it ends, so a worker never outlives its host.
+
+    A thread waits on a pidfd of the parent: it works even while the main thread is stuck in a long call.
+    """
     pid = int(os.environ.get("JPY_PARENT_PID", "0") or 0) or os.getppid()
     if pid <= 1:
-        return None
+        return
     try:
-        return os.pidfd_open(pid)
+        fd = os.pidfd_open(pid)
     except (OSError, AttributeError):
         log.warning("cannot watch the parent process %d; this worker may outlive it", pid)
-        return None
+        return
+
+    def wait() -> None:
+        import select
+
+        select.select([fd], [], [])
+        log.warning("the process that launched this worker has ended; exiting")
+        os._exit(0)
+
+    threading.Thread(target=wait, name="wb-parent-watch", daemon=True).start()
 
 
 def kernel_info() -> dict[str, Any]:

@@ -14,10 +14,8 @@ import importlib
 import importlib.util
 import os
 import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Union
-from urllib.parse import unquote, urlparse
 
 ModuleSpec = Union[str, os.PathLike]
 
@@ -33,14 +31,16 @@ def resolve_module(spec: ModuleSpec, base: str | os.PathLike | None = None) -> s
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"a module spec must be a path, a file:// URL or a dotted name, not {spec!r}")
     if text.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
         text = unquote(urlparse(text).path)
     if is_file_spec(text):
-        path = Path(text).expanduser()
-        if not path.is_absolute():
-            root = Path(base) if base is not None else Path.cwd()
-            if root.suffix == ".py":
-                root = root.parent
-            path = root / path
+        path = os.path.expanduser(text)
+        if not os.path.isabs(path):
+            root = os.fspath(base) if base is not None else os.getcwd()
+            if root.endswith(".py"):
+                root = os.path.dirname(root)
+            path = os.path.join(root, path)
         return os.path.normpath(path)
     if not all(part.isidentifier() for part in text.split(".")):
         raise ValueError(f"{spec!r} is neither a path to a .py file nor a dotted module name")
@@ -49,7 +49,7 @@ def resolve_module(spec: ModuleSpec, base: str | os.PathLike | None = None) -> s
 
 def module_name_for(canonical: str) -> str:
     """The ``__name__`` a target module gets: its file's stem, or its dotted name."""
-    return Path(canonical).stem if is_file_spec(canonical) else canonical
+    return os.path.splitext(os.path.basename(canonical))[0] if is_file_spec(canonical) else canonical
 
 
 def source_path(canonical: str) -> str:

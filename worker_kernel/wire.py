@@ -19,8 +19,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
-from hashlib import sha256
 from itertools import count
 from typing import Any
 
@@ -49,7 +47,7 @@ try:  # OpenSSL's HMAC object directly: copy/update/hexdigest without the Python
 except ImportError:  # pragma: no cover - CPython built without OpenSSL
 
     def _hmac_new(key: bytes) -> Any:
-        return hmac.new(key, digestmod=sha256)
+        return hmac.new(key, digestmod="sha256")
 
 
 _stdlib_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
@@ -233,7 +231,7 @@ def _utc_now() -> bytes:
     now = time.time()
     second = int(now)
     if second != _second:
-        _second_text = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S").encode()
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
         _second = second
     return b"%s.%06dZ" % (_second_text, int((now - second) * 1_000_000))
 

@@ -22,8 +22,6 @@ from .codec import encode_value
 from .proxy import ModuleProxy, make_function
 from .runner import CallContext, current
 
-_kernel: Any = None  # the running WorkerKernel, set when it starts
-
 
 def current_call() -> CallContext | None:
     """The call being served (its target, and the caller as the broker stamped it), or None outside a call."""
@@ -88,6 +86,8 @@ def _target(target: Any) -> tuple[str, str | None]:
 
 def broker_proxy() -> BrokerProxy:
     """The broker of the worker this code runs in. Raises `RuntimeError` outside a worker."""
-    if _kernel is None:
+    from . import kernel
+
+    if kernel.running is None:
         raise RuntimeError("broker_proxy() works only inside a wb-magic worker")
-    return BrokerProxy(_kernel)
+    return BrokerProxy(kernel.running)
