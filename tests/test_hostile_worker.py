@@ -1,7 +1,7 @@
 """The broker against a hostile worker: a fake kernel (tests/workers/hostile_kernel.py) that holds its own key and
 sends whatever it likes on its sockets. The broker must drop what is not well formed and signed, never let one
 worker's bytes reach another worker's call, stamp the true source of worker-to-worker calls, and keep serving
-everyone else. Tests marked xfail need a broker change (see their reason); they pass once it lands.
+everyone else.
 """
 
 from __future__ import annotations
@@ -105,10 +105,6 @@ def test_other_workers_keep_answering_through_an_output_flood(brokered, capsys):
     assert 0 < len(capsys.readouterr().out) <= 5000 * 1000  # ZeroMQ's high-water marks may drop some of it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs broker change: cap the output shown per call (MAX_OUTPUT_BYTES in WorkerBroker._on_iopub)",
-)
 def test_an_output_flood_is_capped(brokered, capsys):
     _, hostile, _ = brokered
     assert hostile.flood_output(2000, 10_000) == 2000  # 20 MB of output for one call
@@ -116,11 +112,6 @@ def test_an_output_flood_is_capped(brokered, capsys):
     assert len(out) <= 2 * 1024 * 1024 and "truncated" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs broker change: MAX_MESSAGE_BYTES of 64 MiB in connection.py, and a dropped connection fails "
-    "the worker's calls at once",
-)
 def test_a_huge_message_is_refused(brokered):
     broker, hostile, honest = brokered
     with pytest.raises(WorkerBrokerError, match="large"):
@@ -128,7 +119,6 @@ def test_a_huge_message_is_refused(brokered):
     assert honest.hello("after") == "Hello after"
 
 
-@pytest.mark.xfail(strict=True, reason="needs broker change: validate a routed call's timeout (finite, positive)")
 @pytest.mark.parametrize("timeout", [math.nan, math.inf])
 def test_a_nan_or_infinite_timeout_cannot_break_the_pump(timeout):
     with WorkerBroker(worker_constructor=_construct) as broker:  # no call timeout, the default
@@ -140,9 +130,8 @@ def test_a_nan_or_infinite_timeout_cannot_break_the_pump(timeout):
         assert broker.worker_fn_proxy(HOSTILE, "bad_outputs", timeout=20)(10**30) == "claimed"
 
 
-@pytest.mark.xfail(strict=True, reason="needs broker change: WorkerBroker(max_workers=...) bounds launches")
 def test_worker_initiated_launches_are_bounded():
-    with WorkerBroker(worker_constructor=_construct, call_timeout=60, max_workers=3) as broker:  # type: ignore[call-arg]
+    with WorkerBroker(worker_constructor=_construct, call_timeout=60, max_workers=3) as broker:
         hostile = broker.worker_proxy(HOSTILE)
         for i in range(4):  # each new segregation id would be a new worker process
             request = {"target": HELLO, "function": "hello", "args": ["x"], "kwargs": {}, "segregation_id": i}

@@ -512,7 +512,6 @@ def test_a_sandboxed_worker_ends_with_its_host(tmp_path):
 # -- the API --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="needs broker change: launch(spec, module=module) in WorkerBroker._launch")
 def test_default_permissions_let_a_worker_read_its_own_module(sandbox):
     _, attacks = sandbox(Permissions())
     assert attacks.hello("own module") == "Hello own module"

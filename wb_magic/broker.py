@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -26,7 +27,7 @@ from worker_kernel.proxy import ModuleProxy, make_function
 from worker_kernel.wire import WB_BROKER, WB_CALL, WB_IMPORT, WB_INSPECT, Message, WireError, recv_frames, send_frames
 
 from .cleaner import EventType, WorkerCleaner, WorkerEvent
-from .connection import WorkerConnection, now, pidfd
+from .connection import MAX_MESSAGE_BYTES, WorkerConnection, now, pidfd
 from .errors import CallTimeout, WorkerBrokerError, WorkerDied, WorkerStartError
 from .launcher import WorkerSpec, launch, process_id
 from .pump import Pump
@@ -45,6 +46,9 @@ HEARTBEAT_INTERVAL = 0.5  # seconds between pings to a worker whose process we c
 HEARTBEAT_TIMEOUT = 3.0  # silence after which such a worker counts as dead
 UNSENT_RETRIES = 1  # a call whose worker was removed before the call left is sent once more, to a fresh worker
 DEFAULT_WARM_WORKERS = 1  # see docs/benchmarks.md: one warm kernel costs ~20 MB and saves ~0.1 s per new worker
+MAX_OUTPUT_BYTES = 1 << 20  # characters of output shown per call; the rest is cut, with a note
+STRAY_OUTPUT_RATE = 64 * 1024  # characters a second of output that belongs to no call
+MAX_FUNCTIONS = 10_000  # functions kept from a module's description
 MAX_DRAIN = 256  # messages taken from one socket per turn, so that one chatty worker cannot starve the rest
 
 
@@ -56,7 +60,8 @@ class WorkerBroker:
     ``worker_cleaner`` receives every `WorkerEvent` (see `wb_magic.cleaner`); ``call_timeout`` (seconds) bounds
     every call unless a proxy sets its own. ``warm_workers`` kernels are kept started and unassigned, so that
     the first call to a new module waits only for its import; they are used for workers whose spec is the
-    default `WorkerSpec()` (the pool's workers get no other permissions or options).
+    default `WorkerSpec()` (the pool's workers get no other permissions or options). ``max_workers`` bounds how
+    many run (a worker can make the broker start others); ``max_message_bytes`` caps a frame from a worker.
     """
 
     def __init__(
@@ -67,6 +72,8 @@ class WorkerBroker:
         call_timeout: float | None = None,
         *,
         warm_workers: int = DEFAULT_WARM_WORKERS,
+        max_workers: int | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.worker_key_supplier = worker_key_supplier
         self.worker_constructor = worker_constructor
@@ -83,6 +90,8 @@ class WorkerBroker:
         self._batches: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         self.closed = False
         self.warm_workers = max(0, warm_workers)
+        self.max_workers = max_workers
+        self.max_message_bytes = max_message_bytes
         self._pool: list[Worker] = []  # started kernels with no module yet, launched with the default spec
         self._pool_spec = WorkerSpec()
         self._pool_wanted = threading.Event()
@@ -312,7 +321,9 @@ class WorkerBroker:
             if is_file_spec(module) and not os.path.isfile(module):
                 raise FileNotFoundError(f"no module file {module!r}")
             spec = self.worker_constructor(module, segregation_id) if self.worker_constructor else WorkerSpec()
-            worker = self._from_pool(spec) or self._launch(spec, module)
+            if self.max_workers is not None and len(self._workers) + len(self._pool) >= self.max_workers:
+                raise WorkerStartError(f"cannot start a worker for {module!r}: max_workers={self.max_workers} run")
+            worker = self._from_pool(spec) or self._launch(spec, module, module)
             worker.key, worker.module, worker.modules, worker.segregation_id = key, module, {module}, segregation_id
             worker.last_used = now()
             self._workers[key] = worker
@@ -348,10 +359,11 @@ class WorkerBroker:
                 if not keep:
                     self._shutdown([worker], "the broker was closed")
 
-    def _launch(self, spec: WorkerSpec, purpose: str) -> Worker:
-        """Start a kernel and connect to it; the worker has no module until the caller assigns one."""
+    def _launch(self, spec: WorkerSpec, purpose: str, module: str | None = None) -> Worker:
+        """Start a kernel and connect to it; the worker has no module until the caller assigns one. ``module``
+        is the target a sandboxed worker is allowed to read (a warm worker gets none)."""
         try:
-            manager = launch(spec)
+            manager = launch(spec, module)
         except Exception as exc:
             raise WorkerStartError(f"could not launch a worker for {purpose}: {exc}") from exc
         worker = Worker(None, "", None, spec, manager)
@@ -362,12 +374,13 @@ class WorkerBroker:
 
     def _connect(self, worker: Worker, info: dict[str, Any]) -> None:
         """Open the worker's sockets and hand them to the pump, with a watch on its process where we can."""
-        conn = worker.connection = WorkerConnection(self._context, info, self._identity)
+        conn = worker.connection = WorkerConnection(self._context, info, self._identity, self.max_message_bytes)
         self._pump.register(conn.shell, lambda: self._on_shell(worker))
         self._pump.register(conn.iopub, lambda: self._on_iopub(worker))
         self._pump.register(conn.stdin, lambda: self._on_stdin(worker))
         self._pump.register(conn.control, lambda: _discard_all(conn.control))
         self._pump.register(conn.heartbeat, lambda: self._on_heartbeat(worker))
+        self._pump.register(conn.shell_events, lambda: self._on_disconnect(worker))
         worker.pidfd = pidfd(worker.pid)
         if worker.pidfd is not None:
             self._pump.register(worker.pidfd, lambda: self._on_exit(worker))
@@ -548,12 +561,18 @@ class WorkerBroker:
             try:
                 yield session.parse(frames)
             except WireError as exc:
-                log.warning("dropped a message from worker %r: %s", worker.key, exc)
+                worker.dropped += 1
+                if worker.dropped == 1 or worker.dropped % 1000 == 0:  # a hostile worker must not flood the log
+                    log.warning("dropped a message from worker %r (%d so far): %s", worker.key, worker.dropped, exc)
         self._pump.soon(lambda: None)  # more may be waiting: come back after the others had a turn
 
     def _on_shell(self, worker: Worker) -> None:
         for msg in self._receive(worker, worker.connection.shell):  # type: ignore[union-attr]
-            worker.answered = True
+            if not worker.answered:
+                worker.answered = True
+                if worker.spec.permissions is not None and not _confined(worker.pid):
+                    self._end_worker(worker, "it is not confined as its permissions require (fail closed)")
+                    return
             call = worker.pending.get(msg.parent_id)
             if call is None or call.reply is not None:
                 log.debug("dropped a %s from worker %r for no pending call", msg.msg_type, worker.key)
@@ -576,8 +595,10 @@ class WorkerBroker:
             target = (call.stderr if name == "stderr" else call.stdout) if call is not None else None
             if target is None:
                 target = sys.stderr if name == "stderr" else sys.stdout
+            text = self._within_output_cap(worker, call, text)
             try:
-                target.write(text.translate(_CONTROL_CHARACTERS))
+                if text:
+                    target.write(text.translate(_CONTROL_CHARACTERS))
             except Exception:
                 log.exception("could not show output from worker %r", worker.key)
             if call is not None:
@@ -585,6 +606,28 @@ class WorkerBroker:
                 expected = call.reply.content.get("outputs", 0) if call.reply is not None else None
                 if expected is not None and call.outputs >= expected:
                     self._end(call)
+
+    def _within_output_cap(self, worker: Worker, call: Call | None, text: str) -> str:
+        """What of ``text`` may be shown: MAX_OUTPUT_BYTES a call, STRAY_OUTPUT_RATE a second for output that
+        belongs to no call; past that, one line says that output was cut."""
+        if call is not None:
+            room = MAX_OUTPUT_BYTES - call.output_bytes
+            call.output_bytes += len(text)
+        else:
+            moment = now()
+            worker.stray_output = max(0.0, worker.stray_output - (moment - worker.stray_checked) * STRAY_OUTPUT_RATE)
+            worker.stray_checked = moment
+            room = int(STRAY_OUTPUT_RATE - worker.stray_output)
+            worker.stray_output += len(text)
+        if len(text) <= room:
+            return text
+        if room + len(text) <= 0:
+            return ""  # already cut
+        what = f"{call.function}()" if call is not None else "worker output"
+        return (
+            text[: max(0, room)]
+            + f"\n[wb-magic: {what} of worker {worker.key!r} printed too much: the rest is truncated]\n"
+        )
 
     def _on_stdin(self, worker: Worker) -> None:
         for msg in self._receive(worker, worker.connection.stdin):  # type: ignore[union-attr]
@@ -608,8 +651,10 @@ class WorkerBroker:
             spec, function, timeout = c.get("target"), c.get("function"), c.get("timeout")
             if not isinstance(spec, str) or not isinstance(function, str):
                 raise TypeError("a worker-to-worker call needs a target and a function name")
-            if timeout is not None and not isinstance(timeout, (int, float)):
-                raise TypeError("timeout must be a number of seconds")
+            if timeout is not None and (
+                type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout <= 0
+            ):
+                raise TypeError(f"timeout must be a positive number of seconds, not {timeout!r}")
             caller_module = c.get("source_module") if c.get("source_module") in source.modules else source.module
             module, segregation_id = self._resolve((spec, c.get("segregation_id")), base=caller_module)
             target = self._worker(module, segregation_id)
@@ -662,6 +707,27 @@ class WorkerBroker:
     def _on_heartbeat(self, worker: Worker) -> None:
         _discard_all(worker.connection.heartbeat)  # type: ignore[union-attr]
         worker.last_beat = now()
+
+    def _on_disconnect(self, worker: Worker) -> None:
+        """ZeroMQ dropped the shell connection. A worker whose process lives on sent a frame over the size cap
+        (a process that ended closes its connection too: that is for `_on_exit`, with its exit status)."""
+        _discard_all(worker.connection.shell_events)  # type: ignore[union-attr]
+        process = getattr(worker.manager.provisioner, "process", None) if worker.manager else None
+        if worker.dead or process is None:
+            return  # an attached worker may reconnect after a network blip: its heartbeat decides
+        if process.poll() is not None:
+            self._on_exit(worker)
+            return
+        limit = worker.connection.max_message_bytes  # type: ignore[union-attr]
+        self._end_worker(worker, f"it sent a message larger than {limit} bytes, and its connection was dropped")
+
+    def _end_worker(self, worker: Worker, why: str) -> None:
+        """Fail a misbehaving worker's calls at once, and end its process."""
+        worker.exit_reason = why
+        process = getattr(worker.manager.provisioner, "process", None) if worker.manager else None
+        if process is not None and process.poll() is None:
+            process.kill()
+        self._discard(worker, why)
 
     def _on_exit(self, worker: Worker) -> None:
         self._discard(worker, f"it ended ({worker.exit_status()})")
@@ -730,18 +796,26 @@ _RELAYED = ("status", "value", "ename", "emodule", "evalue", "eargs", "traceback
 
 
 def _discard_all(sock: zmq.Socket) -> None:
-    while True:
-        try:
-            sock.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
+    for _ in range(MAX_DRAIN):  # what is left is read at the next turn: the socket stays readable
+        if recv_frames(sock, block=False) is None:
             return
+
+
+def _confined(pid: int | None) -> bool:
+    """Whether a worker process runs with no-new-privileges and a seccomp filter, as a sandbox leaves it."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return False
+    return status.get("NoNewPrivs", "").strip() == "1" and status.get("Seccomp", "").strip() == "2"
 
 
 def _clean_description(content: dict[str, Any]) -> dict[str, Any]:
     """Keep only well-formed entries of a worker's module description: it is not trusted."""
     functions = {}
     raw = content.get("functions")
-    for name, info in raw.items() if isinstance(raw, dict) else ():
+    for name, info in list(raw.items())[:MAX_FUNCTIONS] if isinstance(raw, dict) else ():
         if isinstance(name, str) and name.isidentifier() and isinstance(info, dict):
             functions[name] = {
                 "signature": str(info.get("signature", ""))[:10_000],

@@ -18,13 +18,17 @@ from worker_kernel.wire import Session
 # ZeroMQ retries a refused connection after RECONNECT_IVL (100 ms by default). A worker binds its sockets some
 # 50 ms after launch, so we retry much sooner: this is what makes the first call fast without wait_for_ready.
 RECONNECT_MS = 2
-MAX_MESSAGE_BYTES = 1 << 30  # a frame larger than this from a worker is refused by ZeroMQ itself
+MAX_MESSAGE_BYTES = 64 << 20  # default cap on one frame from a worker: ZeroMQ drops the connection past it
+RECEIVE_QUEUE = 100  # messages queued per socket before ZeroMQ stops reading from the worker
 
 
 class WorkerConnection:
     """Sockets to one kernel. Owned by the broker's pump: only the thread leading the pump touches them."""
 
-    def __init__(self, context: zmq.Context, info: dict[str, Any], identity: bytes) -> None:
+    def __init__(
+        self, context: zmq.Context, info: dict[str, Any], identity: bytes, max_message_bytes: int = MAX_MESSAGE_BYTES
+    ) -> None:
+        self.max_message_bytes = max_message_bytes
         self.info = info
         key = info.get("key", b"")
         self.session = Session(key if isinstance(key, bytes) else str(key).encode())
@@ -37,13 +41,16 @@ class WorkerConnection:
         # ZeroMQ queues this until the connection is up; its arrival tells the worker that it can route
         # stdin requests to us (a ROUTER drops messages for peers it has not yet seen)
         self.stdin.send_multipart(self.session.message("wb_stdin_hello", {})[1])
+        # a worker that sends a frame over the cap is disconnected by ZeroMQ; this tells the broker it happened
+        self.shell_events = self.shell.get_monitor_socket(zmq.EVENT_DISCONNECTED)
 
     def _connect(self, context: zmq.Context, kind: int, channel: str, identity: bytes | None) -> zmq.Socket:
         sock = context.socket(kind)
         sock.linger = 0
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        sock.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
         if identity is not None:
             sock.setsockopt(zmq.IDENTITY, identity)
         transport = self.info.get("transport", "tcp")
@@ -54,9 +61,10 @@ class WorkerConnection:
 
     @property
     def sockets(self) -> tuple[zmq.Socket, ...]:
-        return (self.shell, self.stdin, self.control, self.iopub, self.heartbeat)
+        return (self.shell, self.stdin, self.control, self.iopub, self.heartbeat, self.shell_events)
 
     def close(self) -> None:
+        self.shell.disable_monitor()
         for sock in self.sockets:
             sock.close(linger=0)
 

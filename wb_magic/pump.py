@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import os
 import threading
 import time
@@ -86,6 +87,8 @@ class Pump:
 
     def at(self, when: float, action: Callable[[], None]) -> None:
         """Run ``action`` on the leader at ``when`` (time.monotonic) or soon after."""
+        if not math.isfinite(when):
+            raise ValueError(f"a timer needs a finite time, not {when!r}")
         with self._cv:
             heapq.heappush(self._timers, (when, next(self._timer_ids), action))
         self._wake()

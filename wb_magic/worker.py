@@ -22,7 +22,7 @@ class Call:
 
     __slots__ = (
         "msg_id", "worker", "function", "reply", "error", "done", "outputs", "stdout", "stderr",
-        "future", "loop", "on_done", "unsent",
+        "future", "loop", "on_done", "unsent", "output_bytes",
     )  # fmt: skip
 
     def __init__(
@@ -41,6 +41,7 @@ class Call:
         self.loop: Any = None
         self.on_done: Callable[[Call], None] | None = None
         self.unsent = False
+        self.output_bytes = 0  # stream text shown for this call, capped at MAX_OUTPUT_BYTES
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class Worker:
         self.exit_reason: str | None = None
         self.beating = False  # a heartbeat timer runs (for workers whose process we cannot watch)
         self.last_beat = 0.0
+        self.dropped = 0  # malformed or unsigned messages dropped
+        self.stray_output = 0.0  # output budget for streams that belong to no call (a leaky bucket, in bytes)
+        self.stray_checked = 0.0
         self.calls = 0
         self.created = time.time()  # wall clock, for people
         self.last_used = time.monotonic()  # monotonic, for idle timeouts
@@ -100,6 +104,8 @@ class Worker:
     def exit_status(self) -> str:
         """How the process ended, for error messages: an exit code or a signal name, and why when we know: the
         reason a sandboxed worker gave for refusing to start, or the limit of its `WorkerSpec` that killed it."""
+        if self.exit_reason:  # the broker ended it, and knows why
+            return self.exit_reason
         process = getattr(self.manager.provisioner, "process", None) if self.manager else None
         code = process.poll() if process is not None else None
         if code is None:
