@@ -12,7 +12,7 @@ from worker_kernel.permissions import Permissions
 
 from .broker import WorkerBroker
 from .cleaner import WorkerCleaner, WorkerEvent
-from .errors import CallTimeout, RemoteError, WorkerBrokerError, WorkerDied, WorkerStartError
+from .errors import CallTimeout, NoSuchFunction, RemoteError, WorkerBrokerError, WorkerDied, WorkerStartError
 from .launcher import WorkerSpec
 from .worker import WorkerInfo
 
@@ -41,6 +41,7 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 __all__ = [
     "CallTimeout",
+    "NoSuchFunction",
     "Permissions",
     "RemoteError",
     "WorkerBroker",

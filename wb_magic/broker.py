@@ -28,7 +28,7 @@ from worker_kernel.wire import WB_BROKER, WB_CALL, WB_IMPORT, WB_INSPECT, Messag
 
 from .cleaner import EventType, WorkerCleaner, WorkerEvent
 from .connection import MAX_MESSAGE_BYTES, WorkerConnection, now, pidfd
-from .errors import CallTimeout, WorkerBrokerError, WorkerDied, WorkerStartError
+from .errors import CallTimeout, NoSuchFunction, WorkerBrokerError, WorkerDied, WorkerStartError
 from .launcher import WorkerSpec, launch, process_id
 from .pump import Pump
 from .worker import Call, Worker, WorkerInfo, close_fd
@@ -117,7 +117,7 @@ class WorkerBroker:
         if not asynchronous:
             functions = self.describe(resolved)[1]["functions"]
             if name not in functions:
-                raise AttributeError(f"module {self.module_name(resolved)!r} (in its worker) has no function {name!r}")
+                raise NoSuchFunction(f"module {self.module_name(resolved)!r} (in its worker) has no function {name!r}")
             info = functions[name]
         return make_function(self, resolved, name, asynchronous=asynchronous, timeout=timeout, info=info)
 

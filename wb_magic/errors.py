@@ -3,6 +3,7 @@ too) and re-exported here for the host::
 
     WorkerBrokerError              root of everything wb-magic raises on its own account
     ├── RemoteError                the worker raised an exception of a type that is not a Python built-in
+    ├── NoSuchFunction             the module has no such exported function (also an `AttributeError`)
     ├── WorkerDied                 the worker process ended (or was removed) while a call was pending
     ├── WorkerStartError           a worker could not be launched
     └── CallTimeout                the call took longer than its timeout (also a `TimeoutError`)
@@ -13,6 +14,13 @@ with ``remote_traceback`` set. A value the codec cannot carry fails the call wit
 
 from __future__ import annotations
 
-from worker_kernel.errors import CallTimeout, RemoteError, WorkerBrokerError, WorkerDied, WorkerStartError
+from worker_kernel.errors import (
+    CallTimeout,
+    NoSuchFunction,
+    RemoteError,
+    WorkerBrokerError,
+    WorkerDied,
+    WorkerStartError,
+)
 
-__all__ = ["CallTimeout", "RemoteError", "WorkerBrokerError", "WorkerDied", "WorkerStartError"]
+__all__ = ["CallTimeout", "NoSuchFunction", "RemoteError", "WorkerBrokerError", "WorkerDied", "WorkerStartError"]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from math import isfinite as _isfinite
 from typing import Any, NamedTuple
 
-from .errors import CallTimeout, RemoteError, WorkerBrokerError, WorkerDied, WorkerStartError
+from .errors import CallTimeout, NoSuchFunction, RemoteError, WorkerBrokerError, WorkerDied, WorkerStartError
 
 TAG = "$w"
 _PLAIN = (str, int, float, bool, type(None))
@@ -252,6 +252,7 @@ _OWN_ERRORS: dict[str, Callable[[str], BaseException]] = {
     "WorkerDied": WorkerDied,
     "WorkerStartError": WorkerStartError,
     "WorkerBrokerError": WorkerBrokerError,
+    "NoSuchFunction": NoSuchFunction,
 }
 
 
@@ -297,7 +298,11 @@ def exception_from_wire(content: dict[str, Any], buffers: list[Any]) -> BaseExce
         exc = _OWN_ERRORS[name](message)  # e.g. a CallTimeout from a worker-to-worker call inside the worker
     if exc is None:
         qual = f"{module}.{name}" if module and module != "builtins" else name
-        exc = RemoteError(qual, message, remote_tb)
+        try:
+            args = decode_value(content.get("eargs"), buffers)
+        except (DecodeError, TypeError):
+            args = None
+        exc = RemoteError(qual, message, remote_tb, tuple(args) if isinstance(args, list) else ())
     exc.remote_traceback = remote_tb  # type: ignore[attr-defined]
     if remote_tb:
         exc.add_note("Remote traceback (from the worker):\n" + remote_tb.rstrip())

@@ -5,6 +5,7 @@ or find its target dead); `wb_magic.errors` re-exports them for the host::
 
     WorkerBrokerError              root of everything wb-magic raises on its own account
     ├── RemoteError                the worker raised an exception of a type that is not a Python built-in
+    ├── NoSuchFunction             the module has no such exported function (also an `AttributeError`)
     ├── WorkerDied                 the worker process ended (or stopped answering) while a call was pending
     ├── WorkerStartError           a worker could not be launched or its module could not be imported
     └── CallTimeout                the call took longer than its timeout (also a `TimeoutError`)
@@ -28,11 +29,16 @@ class RemoteError(WorkerBrokerError):
     ``remote_traceback`` the formatted traceback from the worker.
     """
 
-    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "", remote_args: tuple = ()) -> None:
         super().__init__(f"{type_name}: {message}" if message else type_name)
         self.type_name = type_name
         self.message = message
         self.remote_traceback = remote_traceback
+        self.remote_args = remote_args  # the exception's args, decoded by the safe codec (empty if they could not be)
+
+
+class NoSuchFunction(WorkerBrokerError, AttributeError):
+    """The target module has no exported function of that name (or the name is private or merely imported)."""
 
 
 class WorkerDied(WorkerBrokerError):

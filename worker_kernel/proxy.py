@@ -14,6 +14,8 @@ import types
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from .errors import NoSuchFunction
+
 
 class Caller(Protocol):
     def invoke(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any: ...
@@ -99,7 +101,7 @@ class ModuleProxy(types.ModuleType):
             raise AttributeError(name)
         functions = None if self._wb_asynchronous else self._wb_functions()
         if functions is not None and name not in functions:
-            raise AttributeError(f"module {self.__name__!r} (in its worker) has no function {name!r}")
+            raise NoSuchFunction(f"module {self.__name__!r} (in its worker) has no function {name!r}")
         fn = make_function(
             self._wb_caller,
             self._wb_target,

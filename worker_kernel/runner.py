@@ -13,6 +13,7 @@ from collections.abc import Callable
 from types import FunctionType, ModuleType
 from typing import Any, NamedTuple
 
+from .errors import NoSuchFunction
 from .loader import load_module, module_name_for
 
 log = logging.getLogger("worker_kernel")
@@ -74,7 +75,7 @@ class CallRunner:
             return found
         fn = getattr(module, name, None) if _exported(module, name) else None
         if fn is None or not callable(fn) or isinstance(fn, type):
-            raise AttributeError(f"module {module.__name__!r} has no function {name!r}")
+            raise NoSuchFunction(f"module {module.__name__!r} has no function {name!r}")
         found = (fn, _is_coroutine_function(fn))
         self._functions[(module, name)] = found
         return found
