@@ -69,7 +69,7 @@ def test_wb_messages_on_the_shell_channel(kernel_spec_dir, workers_dir):
         kc.execute("greeting_seen = hello('x')", reply=True, timeout=10)
         kc.shell_channel.send(kc.session.msg("wb_call_request", {**call, "function": "nope"}))
         reply = kc.get_shell_msg(timeout=10)["content"]
-        assert reply["status"] == "error" and reply["ename"] == "AttributeError"
+        assert reply["status"] == "error" and reply["ename"] == "NoSuchFunction"  # an AttributeError, for the host
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

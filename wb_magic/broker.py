@@ -42,6 +42,7 @@ Constructor = Callable[[str, "str | None"], WorkerSpec]
 OUTPUT_GRACE = 1.0  # how long a finished call waits for stream output the worker says it sent
 INTERRUPT_GRACE = 5.0  # how long an interrupted call waits for the worker to answer before giving up
 EXIT_GRACE = 2.0  # how long a worker asked to shut down gets before it is killed
+DISCONNECT_GRACE = 0.5  # how long a dropped connection waits for the worker's exit before it counts as misconduct
 HEARTBEAT_INTERVAL = 0.5  # seconds between pings to a worker whose process we cannot watch
 HEARTBEAT_TIMEOUT = 3.0  # silence after which such a worker counts as dead
 UNSENT_RETRIES = 1  # a call whose worker was removed before the call left is sent once more, to a fresh worker
@@ -96,9 +97,11 @@ class WorkerBroker:
         self._pool_spec = WorkerSpec()
         self._pool_wanted = threading.Event()
         self._pool_changed = threading.Condition(self._lock)
+        self._pool_thread: threading.Thread | None = None
         if self.warm_workers:
             self._pool_wanted.set()
-            threading.Thread(target=self._fill_pool, name="wb-warm-pool", daemon=True).start()
+            self._pool_thread = threading.Thread(target=self._fill_pool, name="wb-warm-pool", daemon=True)
+            self._pool_thread.start()
         _live_brokers.add(self)
 
     # -- public API -------------------------------------------------------------------------------------------
@@ -170,6 +173,8 @@ class WorkerBroker:
             self.closed = True
             pool, self._pool = self._pool, []
         self._pool_wanted.set()
+        if self._pool_thread is not None and self._pool_thread is not threading.current_thread():
+            self._pool_thread.join(EXIT_GRACE * 5)  # a launch in progress finishes, sees the close, ends its worker
         self._shutdown(pool, "the broker was closed")
         self._pump.close()
         self._context.destroy(linger=0)
@@ -349,7 +354,8 @@ class WorkerBroker:
                 try:
                     worker = self._launch(self._pool_spec, "the warm pool")
                 except Exception:
-                    log.exception("could not start a worker for the warm pool")
+                    if not self.closed:
+                        log.exception("could not start a worker for the warm pool")
                     return
                 with self._lock:
                     keep = not self.closed
@@ -368,7 +374,15 @@ class WorkerBroker:
             raise WorkerStartError(f"could not launch a worker for {purpose}: {exc}") from exc
         worker = Worker(None, "", None, spec, manager)
         worker.pid = process_id(manager)
-        self._connect(worker, dict(manager.get_connection_info()))
+        try:
+            self._connect(worker, dict(manager.get_connection_info()))
+        except BaseException:
+            process = getattr(manager.provisioner, "process", None)
+            if process is not None:  # never leave a kernel running that nobody can reach
+                process.kill()
+                process.wait()
+            manager.cleanup_resources()
+            raise
         log.debug("started worker (pid %s) for %s", worker.pid, purpose)
         return worker
 
@@ -712,10 +726,16 @@ class WorkerBroker:
         """ZeroMQ dropped the shell connection. A worker whose process lives on sent a frame over the size cap
         (a process that ended closes its connection too: that is for `_on_exit`, with its exit status)."""
         _discard_all(worker.connection.shell_events)  # type: ignore[union-attr]
-        process = getattr(worker.manager.provisioner, "process", None) if worker.manager else None
-        if worker.dead or process is None:
+        if worker.dead or worker.manager is None:
             return  # an attached worker may reconnect after a network blip: its heartbeat decides
-        if process.poll() is not None:
+        # a dying process closes its sockets a moment before it can be waited for: give its exit a moment to show
+        self._pump.at(now() + DISCONNECT_GRACE, lambda: self._disconnected(worker))
+
+    def _disconnected(self, worker: Worker) -> None:
+        if worker.dead:
+            return
+        process = getattr(worker.manager.provisioner, "process", None) if worker.manager else None
+        if process is not None and process.poll() is not None:
             self._on_exit(worker)
             return
         limit = worker.connection.max_message_bytes  # type: ignore[union-attr]
