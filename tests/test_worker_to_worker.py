@@ -77,3 +77,18 @@ def test_timeout_inside_a_worker_reaches_the_host_as_call_timeout(workers_dir, t
     with WorkerBroker() as broker:
         with pytest.raises(CallTimeout):
             broker.worker_proxy(module).try_it()
+
+
+def test_a_call_policy_can_refuse_worker_to_worker_calls(workers_dir):
+    seen = []
+
+    def policy(source, source_sid, target, target_sid, function):
+        seen.append((source.rsplit("/", 1)[-1], target.rsplit("/", 1)[-1], function))
+        return not target.endswith("hello.py")
+
+    with WorkerBroker(call_policy=policy) as broker:
+        caller = broker.worker_proxy(workers_dir / "caller.py")
+        with pytest.raises(PermissionError, match=r"caller.py may not call hello\(\) of hello.py"):
+            caller.greet("denied")
+        assert caller.who_calls_callee() == ["caller.py", None]  # another target is allowed
+        assert seen == [("caller.py", "hello.py", "hello"), ("caller.py", "callee.py", "who_called")]

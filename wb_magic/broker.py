@@ -38,6 +38,7 @@ log = logging.getLogger("wb_magic")
 Target = Any  # a module spec (path, file:// URL, dotted name) or (spec, segregation_id)
 KeySupplier = Callable[[str, "str | None"], Hashable]
 Constructor = Callable[[str, "str | None"], WorkerSpec]
+CallPolicy = Callable[[str, "str | None", str, "str | None", str], bool]
 
 OUTPUT_GRACE = 1.0  # how long a finished call waits for stream output the worker says it sent
 INTERRUPT_GRACE = 5.0  # how long an interrupted call waits for the worker to answer before giving up
@@ -63,6 +64,8 @@ class WorkerBroker:
     the first call to a new module waits only for its import; they are used for workers whose spec is the
     default `WorkerSpec()` (the pool's workers get no other permissions or options). ``max_workers`` bounds how
     many run (a worker can make the broker start others); ``max_message_bytes`` caps a frame from a worker.
+    ``call_policy(source_module, source_segregation_id, module, segregation_id, function)`` decides whether a
+    worker may call another: False fails that call with `PermissionError` (by default every call is allowed).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class WorkerBroker:
         warm_workers: int = DEFAULT_WARM_WORKERS,
         max_workers: int | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        call_policy: CallPolicy | None = None,
     ) -> None:
         self.worker_key_supplier = worker_key_supplier
         self.worker_constructor = worker_constructor
@@ -93,6 +97,7 @@ class WorkerBroker:
         self.warm_workers = max(0, warm_workers)
         self.max_workers = max_workers
         self.max_message_bytes = max_message_bytes
+        self.call_policy = call_policy
         self._pool: list[Worker] = []  # started kernels with no module yet, launched with the default spec
         self._pool_spec = WorkerSpec()
         self._pool_wanted = threading.Event()
@@ -462,40 +467,28 @@ class WorkerBroker:
         function: str,
         timeout: float | None,
     ) -> Call:
-        """Send a request to the target's worker and wait for the reply on this thread."""
+        """Send a request to the target's worker and wait for the reply on this thread. A call whose worker was
+        removed before the call left is sent again, to a fresh worker."""
+        timeout = self.call_timeout if timeout is None else timeout
         for _ in range(UNSENT_RETRIES + 1):
-            call = self._round_trip_once(module, segregation_id, msg_type, content, buffers, function, timeout)
+            worker = self._worker(module, segregation_id)
+            call = Call(worker.connection.session.new_id(), worker, function, sys.stdout, sys.stderr)  # type: ignore[union-attr]
+            send = self._send_call(worker, call, msg_type, content, buffers, leader=True)
+            deadline = None if timeout is None else now() + timeout
+            try:
+                finished = self._pump.wait(call.is_done, deadline, send)
+            except KeyboardInterrupt:
+                self._interrupt(worker, call)
+                try:
+                    self._pump.wait(call.is_done, now() + INTERRUPT_GRACE)
+                finally:
+                    self._abandon(call, KeyboardInterrupt())
+                raise KeyboardInterrupt from None
+            if not finished:
+                self._interrupt(worker, call)
+                self._abandon(call, CallTimeout(f"{function}() in worker {worker.key!r} took longer than {timeout} s"))
             if not call.unsent:
                 break
-        return call
-
-    def _round_trip_once(
-        self,
-        module: str,
-        segregation_id: str | None,
-        msg_type: str,
-        content: dict[str, Any],
-        buffers: list[Any],
-        function: str,
-        timeout: float | None,
-    ) -> Call:
-        worker = self._worker(module, segregation_id)
-        call = Call(worker.connection.session.new_id(), worker, function, sys.stdout, sys.stderr)  # type: ignore[union-attr]
-        send = self._send_call(worker, call, msg_type, content, buffers, leader=True)
-        timeout = self.call_timeout if timeout is None else timeout
-        deadline = None if timeout is None else now() + timeout
-        try:
-            finished = self._pump.wait(lambda: call.done, deadline, send)
-        except KeyboardInterrupt:
-            self._interrupt(worker, call)
-            try:
-                self._pump.wait(lambda: call.done, now() + INTERRUPT_GRACE)
-            finally:
-                self._abandon(call, KeyboardInterrupt())
-            raise KeyboardInterrupt from None
-        if not finished:
-            self._interrupt(worker, call)
-            self._abandon(call, CallTimeout(f"{function}() in worker {worker.key!r} took longer than {timeout} s"))
         return call
 
     def _outcome(self, call: Call) -> Any:
@@ -669,8 +662,17 @@ class WorkerBroker:
                 type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout <= 0
             ):
                 raise TypeError(f"timeout must be a positive number of seconds, not {timeout!r}")
-            caller_module = c.get("source_module") if c.get("source_module") in source.modules else source.module
+            claimed = c.get("source_module")
+            caller_module: str = claimed if isinstance(claimed, str) and claimed in source.modules else source.module
             module, segregation_id = self._resolve((spec, c.get("segregation_id")), base=caller_module)
+            policy = self.call_policy
+            if policy is not None and not policy(
+                caller_module, source.segregation_id, module, segregation_id, function
+            ):
+                raise PermissionError(
+                    f"{os.path.basename(caller_module)} may not call {function}() of {os.path.basename(module)}"
+                    " (the broker's call_policy says no)"
+                )
             target = self._worker(module, segregation_id)
         except Exception as exc:
             answer({"status": "error", **exception_to_wire(exc, [])})

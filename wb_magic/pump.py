@@ -177,9 +177,10 @@ class Pump:
             action()
 
     def delivered(self) -> None:
-        """Wake followers: a call they may wait on has ended."""
-        if self._followers:
-            with self._cv:
+        """Wake followers: a call they may wait on has ended. Under the lock, always: a follower checks its call
+        and goes to sleep atomically under it, so a wake-up sent meanwhile cannot be lost."""
+        with self._cv:
+            if self._followers:
                 self._cv.notify_all()
 
     # -- event loops ------------------------------------------------------------------------------------------

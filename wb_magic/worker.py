@@ -43,6 +43,9 @@ class Call:
         self.unsent = False
         self.output_bytes = 0  # stream text shown for this call, capped at MAX_OUTPUT_BYTES
 
+    def is_done(self) -> bool:
+        return self.done
+
 
 @dataclass(frozen=True)
 class WorkerInfo:
