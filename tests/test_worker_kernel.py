@@ -121,3 +121,31 @@ def test_worker_exits_when_its_host_dies(tmp_path, workers_dir):
     except psutil.NoSuchProcess:
         return
     process.wait(timeout=30)  # raises if the worker lives on
+
+
+def test_a_busy_worker_exits_when_its_host_dies(workers_dir):
+    """Even in the middle of a long call (its main thread busy), a worker must not outlive its host."""
+    script = (
+        "import io, os, sys\n"
+        "from wb_magic import WorkerBroker\n"
+        "b = WorkerBroker(warm_workers=0)\n"
+        f"values = b.worker_proxy({str(workers_dir / 'values.py')!r})\n"
+        "print(values.pid(), flush=True)\n"
+        "class Die(io.StringIO):\n"
+        "    def write(self, text):\n"
+        "        if 'waiting' in text:\n"
+        "            os.kill(os.getpid(), 9)  # the host dies while the worker is inside the call\n"
+        "        return len(text)\n"
+        "sys.stdout = Die()\n"
+        "values.wait_for_file('/nonexistent/never')\n"
+    )
+    host = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert host.returncode == -9
+    worker_pid = int(host.stdout.strip())
+    import psutil
+
+    try:
+        process = psutil.Process(worker_pid)
+    except psutil.NoSuchProcess:
+        return
+    process.wait(timeout=30)  # raises if the worker lives on
