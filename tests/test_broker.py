@@ -296,3 +296,12 @@ def test_debug_logging(broker, values, caplog):
         assert any("started worker" in r.message for r in caplog.records)
     finally:
         wb_magic.debug.disable()
+
+
+def test_workers_launch_through_a_named_kernel_spec(kernel_spec_dir, workers_dir):
+    """WorkerSpec(kernel_name=...): the launch goes through jupyter_client's kernel spec (and its provisioner)."""
+    from wb_magic import WorkerSpec
+
+    spec = WorkerSpec(kernel_name="wb-worker")
+    with WorkerBroker(worker_constructor=lambda module, sid: spec, warm_workers=0) as broker:
+        assert broker.worker_proxy(workers_dir / "hello.py").hello("spec") == "Hello spec"

@@ -149,3 +149,25 @@ def test_a_busy_worker_exits_when_its_host_dies(workers_dir):
     except psutil.NoSuchProcess:
         return
     process.wait(timeout=30)  # raises if the worker lives on
+
+
+def test_sigint_interrupts_running_code_and_is_ignored_when_idle(kernel_spec_dir):
+    """interrupt_mode "signal": a SIGINT to the worker process stops the running code, and does not end an idle
+    worker."""
+    import os
+    import signal
+
+    km, kc = _client(kernel_spec_dir)
+    try:
+        pid = km.provisioner.pid
+        os.kill(pid, signal.SIGINT)  # idle: ignored
+        assert kc.execute_interactive("1 + 1", timeout=10)["content"]["status"] == "ok"
+        msg_id = kc.execute("import time\nprint('go', flush=True)\nwhile True: time.sleep(0.01)")
+        while kc.get_iopub_msg(timeout=10)["msg_type"] != "stream":
+            pass
+        os.kill(pid, signal.SIGINT)
+        reply = kc.get_shell_msg(timeout=10)
+        assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["ename"] == "KeyboardInterrupt"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
