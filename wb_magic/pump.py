@@ -51,17 +51,22 @@ class Pump:
     # -- what runs on the leader --------------------------------------------------------------------------
 
     def register(self, source: Any, handler: Callable[[], None]) -> None:
-        """Call ``handler()`` on the leader whenever ``source`` (a socket or a file descriptor) is readable."""
-        self._handlers[source] = handler
-        self._poller.register(source, zmq.POLLIN)
+        """Call ``handler()`` on the leader whenever ``source`` (a socket or a file descriptor) is readable.
+        Any thread may register (a launch runs beside the leader): zmq.Poller keeps an index of its sockets that two
+        threads changing it at once would corrupt, leaving a live socket out of the poll, so changes are locked."""
+        with self._cv:
+            self._handlers[source] = handler
+            self._poller.register(source, zmq.POLLIN)
         self._wake()
         self._on_loops(lambda loop: loop.add_reader(_fd(source), self.turn))
 
     def unregister(self, source: Any) -> None:
-        if self._handlers.pop(source, None) is not None:
+        with self._cv:
+            if self._handlers.pop(source, None) is None:
+                return
             self._poller.unregister(source)
-            fd = _fd(source)
-            self._on_loops(lambda loop: loop.remove_reader(fd))
+        fd = _fd(source)
+        self._on_loops(lambda loop: loop.remove_reader(fd))
 
     def soon(self, action: Callable[[], None]) -> None:
         """Run ``action`` on the pump: now if this thread can lead, else by the leader at its next turn."""
