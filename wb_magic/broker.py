@@ -397,7 +397,7 @@ class WorkerBroker:
         self._pump.register(conn.shell, lambda: self._on_shell(worker))
         self._pump.register(conn.iopub, lambda: self._on_iopub(worker))
         self._pump.register(conn.stdin, lambda: self._on_stdin(worker))
-        self._pump.register(conn.control, lambda: _discard_all(conn.control))
+        self._pump.register(conn.control, lambda: _ignore(_discard_all(conn.control)))
         self._pump.register(conn.heartbeat, lambda: self._on_heartbeat(worker))
         self._pump.register(conn.shell_events, lambda: self._on_disconnect(worker))
         worker.pidfd = pidfd(worker.pid)
@@ -446,7 +446,7 @@ class WorkerBroker:
                 call.unsent = True  # removed (by a cleaner, say) between our choosing it and sending: retried
                 self._end(call, WorkerDied(f"worker {worker.key!r} ended before the call was sent"))
                 return
-            send_frames(worker.connection.shell, frames)  # type: ignore[union-attr]
+            self._send(worker.connection.shell, frames)  # type: ignore[union-attr]
             if worker.pidfd is None and not worker.beating:
                 worker.beating = True
                 worker.last_beat = now()
@@ -490,6 +490,11 @@ class WorkerBroker:
             if not call.unsent:
                 break
         return call
+
+    def _send(self, sock: zmq.Socket, frames: list[Any]) -> None:
+        """Send on a worker's socket (on the pump's leader), and have the pump look at that socket again."""
+        send_frames(sock, frames)
+        self._pump.mark(sock)
 
     def _outcome(self, call: Call) -> Any:
         if call.error is not None:
@@ -553,7 +558,7 @@ class WorkerBroker:
         def send() -> None:
             if not worker.dead:
                 _, frames = worker.connection.session.message("interrupt_request", content)  # type: ignore[union-attr]
-                send_frames(worker.connection.control, frames)  # type: ignore[union-attr]
+                self._send(worker.connection.control, frames)  # type: ignore[union-attr]
 
         self._pump.soon(send)
 
@@ -652,7 +657,7 @@ class WorkerBroker:
                 _, frames = source.connection.session.message(  # type: ignore[union-attr]
                     "wb_broker_reply", content, parent=msg.raw_header, buffers=buffers
                 )
-                send_frames(source.connection.stdin, frames)  # type: ignore[union-attr]
+                self._send(source.connection.stdin, frames)  # type: ignore[union-attr]
 
         try:
             spec, function, timeout = c.get("target"), c.get("function"), c.get("timeout")
@@ -717,17 +722,18 @@ class WorkerBroker:
         if now() - worker.last_beat > HEARTBEAT_TIMEOUT:
             self._discard(worker, f"it stopped answering heartbeats for {HEARTBEAT_TIMEOUT} s")
             return
-        send_frames(worker.connection.heartbeat, [b"", b"ping"])  # type: ignore[union-attr]
+        self._send(worker.connection.heartbeat, [b"", b"ping"])  # type: ignore[union-attr]
         self._pump.at(now() + HEARTBEAT_INTERVAL, lambda: self._beat(worker))
 
     def _on_heartbeat(self, worker: Worker) -> None:
-        _discard_all(worker.connection.heartbeat)  # type: ignore[union-attr]
-        worker.last_beat = now()
+        if _discard_all(worker.connection.heartbeat):  # type: ignore[union-attr]
+            worker.last_beat = now()
 
     def _on_disconnect(self, worker: Worker) -> None:
         """ZeroMQ dropped the shell connection. A worker whose process lives on sent a frame over the size cap
         (a process that ended closes its connection too: that is for `_on_exit`, with its exit status)."""
-        _discard_all(worker.connection.shell_events)  # type: ignore[union-attr]
+        if not _discard_all(worker.connection.shell_events):  # type: ignore[union-attr]
+            return  # handlers may be called with nothing to read (see Pump.mark)
         if worker.dead or worker.manager is None:
             return  # an attached worker may reconnect after a network blip: its heartbeat decides
         # a dying process closes its sockets a moment before it can be waited for: give its exit a moment to show
@@ -807,7 +813,7 @@ class WorkerBroker:
     def _request_shutdown(self, worker: Worker) -> None:
         if not worker.dead:
             _, frames = worker.connection.session.message("shutdown_request", {"restart": False})  # type: ignore[union-attr]
-            send_frames(worker.connection.control, frames)  # type: ignore[union-attr]
+            self._send(worker.connection.control, frames)  # type: ignore[union-attr]
 
 
 # Terminal control sequences from an untrusted worker could rewrite the screen, set the window title or reach
@@ -817,10 +823,12 @@ _CONTROL_CHARACTERS = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E
 _RELAYED = ("status", "value", "ename", "emodule", "evalue", "eargs", "traceback")
 
 
-def _discard_all(sock: zmq.Socket) -> None:
-    for _ in range(MAX_DRAIN):  # what is left is read at the next turn: the socket stays readable
+def _discard_all(sock: zmq.Socket) -> int:
+    """Read and drop what is waiting (MAX_DRAIN at most: the rest at the next turn); how many messages."""
+    for count in range(MAX_DRAIN):
         if recv_frames(sock, block=False) is None:
-            return
+            return count
+    return MAX_DRAIN
 
 
 def _confined(pid: int | None) -> bool:
@@ -857,3 +865,7 @@ def _close_all() -> None:
             broker.close()
         except Exception:
             pass
+
+
+def _ignore(_: object) -> None:
+    return None

@@ -10,7 +10,9 @@ Coroutines never block the event loop: the loop itself takes turns at leading, f
 file descriptor (`serve_loop`), so an ``await``-ed call costs no thread switch either. When another thread
 leads while coroutines wait, it hands their results to the loop in batches, and kicks the loop when it leaves.
 
-So a synchronous call from a notebook costs: one send, one ``zmq_poll``, one receive, on the caller's thread.
+The leader waits with epoll on the sockets' descriptors: a turn costs O(ready sockets), not O(workers).
+
+So a synchronous call from a notebook costs: one send, one ``epoll_wait``, one receive, on the caller's thread.
 """
 
 from __future__ import annotations
@@ -19,14 +21,13 @@ import heapq
 import logging
 import math
 import os
+import select
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from itertools import count
 from typing import Any
-
-import zmq
 
 log = logging.getLogger("wb_magic")
 
@@ -38,34 +39,45 @@ class Pump:
         self._followers = 0
         self._outbox: deque[Callable[[], None]] = deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._poller = zmq.Poller()
-        self._poller.register(self._wake_fd, zmq.POLLIN)
-        self._handlers: dict[Any, Callable[[], None]] = {self._wake_fd: self._drain_wake}
+        # epoll over the sockets' descriptors, so that a turn costs O(ready), not O(workers) as zmq_poll would.
+        # A ZeroMQ socket's descriptor only says "look at me": its events are read with ZMQ_EVENTS (the
+        # handlers do), and a send on a socket can swallow that signal, hence `mark` and the dirty set.
+        self._epoll = select.epoll()
+        self._handlers: dict[Any, Callable[[], None]] = {}
+        self._by_fd: dict[int, Callable[[], None]] = {}
+        self._dirty: set[int] = set()  # descriptors of sockets to look at whether or not epoll says so
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = count()
         self._async_pending = 0
         self._loops: list[Any] = []  # event loops that take turns through readers (see serve_loop)
         self._kicked = False
         self.closed = False
+        self.register(self._wake_fd, self._drain_wake)
 
     # -- what runs on the leader --------------------------------------------------------------------------
 
     def register(self, source: Any, handler: Callable[[], None]) -> None:
         """Call ``handler()`` on the leader whenever ``source`` (a socket or a file descriptor) is readable.
-        Any thread may register (a launch runs beside the leader): zmq.Poller keeps an index of its sockets that two
-        threads changing it at once would corrupt, leaving a live socket out of the poll, so changes are locked."""
+        Any thread may register (a launch runs beside the leader), so the tables change under the lock."""
+        fd = _fd(source)
         with self._cv:
             self._handlers[source] = handler
-            self._poller.register(source, zmq.POLLIN)
+            self._by_fd[fd] = handler
+            self._epoll.register(fd, select.EPOLLIN)
+            if not isinstance(source, int):
+                self._dirty.add(fd)  # a socket may hold messages already (a plain descriptor's handler must
+                # only run when epoll says it is readable: a pidfd's means "the process has ended")
         self._wake()
         self._on_loops(lambda loop: loop.add_reader(_fd(source), self.turn))
 
     def unregister(self, source: Any) -> None:
+        fd = _fd(source)
         with self._cv:
             if self._handlers.pop(source, None) is None:
                 return
-            self._poller.unregister(source)
-        fd = _fd(source)
+            self._by_fd.pop(fd, None)
+            self._dirty.discard(fd)
+            self._epoll.unregister(fd)
         self._on_loops(lambda loop: loop.remove_reader(fd))
 
     def soon(self, action: Callable[[], None]) -> None:
@@ -87,8 +99,13 @@ class Pump:
             return
         try:
             action()
+            self._dispatch(self._ready(0, dirty_only=True))  # what the action sent may have hidden a wake-up
         finally:
             self._step_down()
+
+    def mark(self, sock: Any) -> None:
+        """After a send on ``sock`` (on the leader): look at it at the next turn, whatever epoll says."""
+        self._dirty.add(_fd(sock))
 
     def at(self, when: float, action: Callable[[], None]) -> None:
         """Run ``action`` on the leader at ``when`` (time.monotonic) or soon after."""
@@ -149,8 +166,6 @@ class Pump:
             self._wake()
 
     def _lead(self, done: Callable[[], bool], deadline: float | None) -> bool:
-        poll = self._poller.poll
-        handlers = self._handlers
         while True:
             while self._outbox:
                 self._outbox.popleft()()
@@ -161,10 +176,26 @@ class Pump:
             timeout = self._poll_timeout(deadline)
             if timeout == 0 and deadline is not None and _now() >= deadline:
                 return done()
-            for source, _ in poll(timeout):
-                handler = handlers.get(source)
-                if handler is not None:
-                    handler()
+            self._dispatch(self._ready(timeout))
+
+    def _ready(self, timeout: int | None, dirty_only: bool = False) -> set[int]:
+        """The descriptors to look at: what epoll reports within ``timeout`` ms, and the dirty ones."""
+        fds: set[int] = set()
+        if not dirty_only:
+            wait = 0 if self._dirty else (-1 if timeout is None else timeout / 1000)
+            fds = {fd for fd, _ in self._epoll.poll(wait)}
+        if self._dirty:
+            with self._cv:
+                fds |= self._dirty
+                self._dirty = set()
+        return fds
+
+    def _dispatch(self, fds: set[int]) -> None:
+        # looked up one by one: a handler may unregister others (a worker's exit closes its sockets)
+        for fd in fds:
+            handler = self._by_fd.get(fd)
+            if handler is not None:
+                handler()
 
     def _poll_timeout(self, deadline: float | None) -> int | None:
         when = deadline
@@ -223,13 +254,10 @@ class Pump:
                     self._outbox.popleft()()
                 if self._timers:
                     self._run_timers()
-                ready = self._poller.poll(0)
+                ready = self._ready(0)
                 if not ready:
                     break
-                for source, _ in ready:
-                    handler = self._handlers.get(source)
-                    if handler is not None:
-                        handler()
+                self._dispatch(ready)
         finally:
             self._step_down()
 
@@ -267,7 +295,10 @@ class Pump:
         with self._cv:
             self.closed = True
             self._cv.notify_all()
+            idle = self._leader is None
         self._wake()
+        if idle:
+            self._epoll.close()
 
 
 _now = time.monotonic
