@@ -27,8 +27,8 @@ tour: $(STAMP)
 	$(BIN)/python -m examples.tour
 
 lint: $(STAMP)
-	$(BIN)/ruff check wb_magic worker_kernel tests examples
-	$(BIN)/ruff format --check wb_magic worker_kernel tests examples
+	$(BIN)/ruff check wb_magic worker_kernel tests examples benchmarks
+	$(BIN)/ruff format --check wb_magic worker_kernel tests examples benchmarks
 	$(BIN)/mypy
 
 test: lint

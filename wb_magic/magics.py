@@ -53,7 +53,7 @@ from .worker import WorkerInfo
 
 __all__ = ["WorkerBrokerMagics", "get_broker", "load_ipython_extension", "unload_ipython_extension"]
 
-CELLS_PREFIX = "wb_magic-cells-"  # the per-session folder of %%wb_module cells: <tmp>/wb_magic-cells-XXXX/
+CELLS_PREFIX = "wb_magic-cells-"  # the per-session folder of %%wb_module cells: <tmp>/wb_magic-cells-<random>/
 
 # -- the session's broker -------------------------------------------------------------------------------------
 
