@@ -233,6 +233,14 @@ def test_prints_reach_the_callers_streams(values, capsys):
     assert err == "to stderr\n"
 
 
+def test_long_output_all_arrives_and_the_channel_stays_usable(values, capsys):
+    assert values.talk(700) == 700  # more messages than the broker takes from a socket in one turn
+    out, _ = capsys.readouterr()
+    assert out.splitlines() == [f"line {i}" for i in range(700)]
+    assert values.talk(2) == 2
+    assert capsys.readouterr().out == "line 0\nline 1\n"
+
+
 def test_worker_output_is_plain_text(values, capsys):
     values.echo_print("bell\a clear\x1b[2J title\x1b]0;pwned\x07 tab\tend")
     assert capsys.readouterr().out == "bell clear[2J title]0;pwned tab\tend\n"

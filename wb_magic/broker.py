@@ -171,11 +171,12 @@ class WorkerBroker:
 
     def close(self) -> None:
         """Terminate, and release the broker's own resources. Idempotent."""
-        if self.closed:
-            return
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True  # first: no worker may start while the others shut down
         self.terminate()
         with self._lock:
-            self.closed = True
             pool, self._pool = self._pool, []
         self._pool_wanted.set()
         if self._pool_thread is not None and self._pool_thread is not threading.current_thread():
@@ -397,7 +398,7 @@ class WorkerBroker:
         self._pump.register(conn.shell, lambda: self._on_shell(worker))
         self._pump.register(conn.iopub, lambda: self._on_iopub(worker))
         self._pump.register(conn.stdin, lambda: self._on_stdin(worker))
-        self._pump.register(conn.control, lambda: _ignore(_discard_all(conn.control)))
+        self._pump.register(conn.control, lambda: _ignore(self._drain(conn.control)))
         self._pump.register(conn.heartbeat, lambda: self._on_heartbeat(worker))
         self._pump.register(conn.shell_events, lambda: self._on_disconnect(worker))
         worker.pidfd = pidfd(worker.pid)
@@ -442,11 +443,11 @@ class WorkerBroker:
         worker.pending[call.msg_id] = call
 
         def send() -> None:
-            if worker.dead:
+            if worker.dead or self._workers.get(worker.key) is not worker:
                 call.unsent = True  # removed (by a cleaner, say) between our choosing it and sending: retried
                 self._end(call, WorkerDied(f"worker {worker.key!r} ended before the call was sent"))
                 return
-            self._send(worker.connection.shell, frames)  # type: ignore[union-attr]
+            self._send(worker, worker.connection.shell, frames)  # type: ignore[union-attr]
             if worker.pidfd is None and not worker.beating:
                 worker.beating = True
                 worker.last_beat = now()
@@ -491,9 +492,14 @@ class WorkerBroker:
                 break
         return call
 
-    def _send(self, sock: zmq.Socket, frames: list[Any]) -> None:
-        """Send on a worker's socket (on the pump's leader), and have the pump look at that socket again."""
-        send_frames(sock, frames)
+    def _send(self, worker: Worker, sock: zmq.Socket, frames: list[Any]) -> None:
+        """Send on a worker's socket (on the pump's leader), and have the pump look at that socket again. A
+        worker that lets its queue fill up (it stopped reading) is ended: the pump must never block on one."""
+        try:
+            send_frames(sock, frames, block=False)
+        except zmq.Again:
+            self._end_worker(worker, "it stopped reading what the broker sends it")
+            return
         self._pump.mark(sock)
 
     def _outcome(self, call: Call) -> Any:
@@ -558,7 +564,7 @@ class WorkerBroker:
         def send() -> None:
             if not worker.dead:
                 _, frames = worker.connection.session.message("interrupt_request", content)  # type: ignore[union-attr]
-                self._send(worker.connection.control, frames)  # type: ignore[union-attr]
+                self._send(worker, worker.connection.control, frames)  # type: ignore[union-attr]
 
         self._pump.soon(send)
 
@@ -576,7 +582,7 @@ class WorkerBroker:
                 worker.dropped += 1
                 if worker.dropped == 1 or worker.dropped % 1000 == 0:  # a hostile worker must not flood the log
                     log.warning("dropped a message from worker %r (%d so far): %s", worker.key, worker.dropped, exc)
-        self._pump.soon(lambda: None)  # more may be waiting: come back after the others had a turn
+        self._pump.mark(sock)  # more may be waiting: come back after the others had a turn
 
     def _on_shell(self, worker: Worker) -> None:
         for msg in self._receive(worker, worker.connection.shell):  # type: ignore[union-attr]
@@ -653,11 +659,18 @@ class WorkerBroker:
         c = msg.content
 
         def answer(content: dict[str, Any], buffers: list[Any] | tuple = ()) -> None:
-            if not source.dead:
+            if source.dead:
+                return
+            try:
                 _, frames = source.connection.session.message(  # type: ignore[union-attr]
                     "wb_broker_reply", content, parent=msg.raw_header, buffers=buffers
                 )
-                self._send(source.connection.stdin, frames)  # type: ignore[union-attr]
+            except TypeError as exc:  # the target's reply cannot be re-encoded (an int past 64 bits, say)
+                error = WorkerBrokerError(f"the reply could not be passed on: {exc}")
+                _, frames = source.connection.session.message(  # type: ignore[union-attr]
+                    "wb_broker_reply", {"status": "error", **exception_to_wire(error, [])}, parent=msg.raw_header
+                )
+            self._send(source, source.connection.stdin, frames)  # type: ignore[union-attr]
 
         try:
             spec, function, timeout = c.get("target"), c.get("function"), c.get("timeout")
@@ -722,17 +735,17 @@ class WorkerBroker:
         if now() - worker.last_beat > HEARTBEAT_TIMEOUT:
             self._discard(worker, f"it stopped answering heartbeats for {HEARTBEAT_TIMEOUT} s")
             return
-        self._send(worker.connection.heartbeat, [b"", b"ping"])  # type: ignore[union-attr]
+        self._send(worker, worker.connection.heartbeat, [b"", b"ping"])  # type: ignore[union-attr]
         self._pump.at(now() + HEARTBEAT_INTERVAL, lambda: self._beat(worker))
 
     def _on_heartbeat(self, worker: Worker) -> None:
-        if _discard_all(worker.connection.heartbeat):  # type: ignore[union-attr]
+        if self._drain(worker.connection.heartbeat):  # type: ignore[union-attr]
             worker.last_beat = now()
 
     def _on_disconnect(self, worker: Worker) -> None:
         """ZeroMQ dropped the shell connection. A worker whose process lives on sent a frame over the size cap
         (a process that ended closes its connection too: that is for `_on_exit`, with its exit status)."""
-        if not _discard_all(worker.connection.shell_events):  # type: ignore[union-attr]
+        if not self._drain(worker.connection.shell_events):  # type: ignore[union-attr]
             return  # handlers may be called with nothing to read (see Pump.mark)
         if worker.dead or worker.manager is None:
             return  # an attached worker may reconnect after a network blip: its heartbeat decides
@@ -756,6 +769,13 @@ class WorkerBroker:
         if process is not None and process.poll() is None:
             process.kill()
         self._discard(worker, why)
+
+    def _drain(self, sock: zmq.Socket) -> int:
+        """Read and drop what waits on ``sock`` (MAX_DRAIN at most; the pump comes back for the rest)."""
+        count = _discard_all(sock)
+        if count == MAX_DRAIN:
+            self._pump.mark(sock)
+        return count
 
     def _on_exit(self, worker: Worker) -> None:
         self._discard(worker, f"it ended ({worker.exit_status()})")
@@ -813,7 +833,7 @@ class WorkerBroker:
     def _request_shutdown(self, worker: Worker) -> None:
         if not worker.dead:
             _, frames = worker.connection.session.message("shutdown_request", {"restart": False})  # type: ignore[union-attr]
-            self._send(worker.connection.control, frames)  # type: ignore[union-attr]
+            self._send(worker, worker.connection.control, frames)  # type: ignore[union-attr]
 
 
 # Terminal control sequences from an untrusted worker could rewrite the screen, set the window title or reach

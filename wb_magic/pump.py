@@ -159,11 +159,23 @@ class Pump:
                     self._on_loops(lambda loop: self.turn())
 
     def _step_down(self) -> None:
-        with self._cv:
-            self._leader = None
-            self._cv.notify_all()
-        if self._outbox:  # queued by someone who found us leading: make sure a leader takes it
-            self._wake()
+        """Leave the lead, first running what others queued meanwhile: nobody else may be there to run it."""
+        while True:
+            with self._cv:
+                if not self._outbox:
+                    self._leader = None
+                    self._cv.notify_all()
+                    return
+                action = self._outbox.popleft()
+            try:
+                action()
+            except Exception:
+                log.exception("a queued action of the broker's pump failed")
+            except BaseException:  # Ctrl-C: leave the lead all the same
+                with self._cv:
+                    self._leader = None
+                    self._cv.notify_all()
+                raise
 
     def _lead(self, done: Callable[[], bool], deadline: float | None) -> bool:
         while True:
@@ -195,7 +207,10 @@ class Pump:
         for fd in fds:
             handler = self._by_fd.get(fd)
             if handler is not None:
-                handler()
+                try:
+                    handler()
+                except Exception:  # a bug, or a worker's bytes that got past the checks: never the caller's problem
+                    log.exception("handling a worker's message failed")
 
     def _poll_timeout(self, deadline: float | None) -> int | None:
         when = deadline

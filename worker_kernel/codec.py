@@ -194,8 +194,11 @@ class DecodeError(ValueError):
     """A payload that does not follow the codec's rules."""
 
 
+_TAKEN = object()  # a frame already decoded (decoding takes each frame out of ``buffers``)
+
+
 def decode(data: Any, buffers: list[Any]) -> Any:
-    """Rebuild a value from its JSON form and the frames that came with it."""
+    """Rebuild a value from its JSON form and the frames that came with it (each frame used once)."""
     cls = type(data)
     if cls is list:
         return [decode(item, buffers) for item in data]
@@ -209,6 +212,9 @@ def decode(data: Any, buffers: list[Any]) -> Any:
         if type(index) is not int or not 0 <= index < len(buffers):
             raise DecodeError(f"frame index {index!r} out of range")
         frame = buffers[index]
+        if frame is _TAKEN:  # each frame stands for one value: 1000 references to one big frame are 1000 copies
+            raise DecodeError(f"frame {index} is used twice")
+        buffers[index] = _TAKEN
         return frame if tag == "buffer" else bytes(frame) if tag == "bytes" else bytearray(frame)
     if tag == "dict":
         pairs = data.get("v")

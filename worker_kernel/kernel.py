@@ -54,6 +54,7 @@ class WorkerKernel:
         self.execution_count = 0
         self._sync_depth = 0  # > 0 while a synchronous call or execute runs on the main thread
         self._sync_calls: list[str] = []  # ids of the synchronous calls running, innermost last
+        self._interrupt_target: str | None = None  # the call an interrupt_request (with wb_call_id) is for
         self.loop: Any = None  # the asyncio event loop, once an ``async def`` function is called
         self._tasks: dict[str, Any] = {}  # call id -> the asyncio task running it
         self._stopping = False
@@ -188,7 +189,7 @@ class WorkerKernel:
             handler = self.shell_handlers.get(msg.msg_type, self._unknown)
             try:
                 handler(msg)
-            except Exception:  # a handler bug must not end the worker
+            except (Exception, KeyboardInterrupt):  # a handler bug, or an interrupt that came late: serve on
                 log.exception("handling %s failed", msg.msg_type)
 
     def _drain_stdin(self) -> None:
@@ -280,6 +281,7 @@ class WorkerKernel:
         call_token = current.set(context)
         self._sync_depth += 1
         self._sync_calls.append(msg.msg_id)
+        error: BaseException | None = None
         try:
             self.runner.before(context)
             try:
@@ -287,15 +289,16 @@ class WorkerKernel:
             finally:
                 self.runner.after(context)
         except BaseException as exc:
-            self._sync_depth -= 1
-            _flush_streams()
-            self._error_reply(self.shell, msg, exc, request)
-            return
+            error = exc
         finally:
             self._sync_calls.pop()
+            self._sync_depth -= 1
             current.reset(call_token)
             current_request.reset(request_token)
-        self._sync_depth -= 1
+        if error is not None:
+            _flush_streams()
+            self._error_reply(self.shell, msg, error, request)
+            return
         self._send_value(msg, request, value)
 
     async def _run_async(
@@ -485,6 +488,7 @@ class WorkerKernel:
             self.loop.call_soon_threadsafe(self._cancel_tasks, call_id)
         running = self._sync_calls[-1] if self._sync_calls else None
         if self._sync_depth > 0 and (call_id is None or call_id == running):
+            self._interrupt_target = call_id  # the handler checks it again: that call may have ended meanwhile
             signal.pthread_kill(self._main_thread, signal.SIGINT)
 
     def _cancel_tasks(self, call_id: str | None) -> None:
@@ -493,7 +497,8 @@ class WorkerKernel:
                 task.cancel()
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self._sync_depth > 0:
+        target, self._interrupt_target = self._interrupt_target, None
+        if self._sync_depth > 0 and (target is None or (self._sync_calls and self._sync_calls[-1] == target)):
             raise KeyboardInterrupt
         log.info("interrupt with no call running: ignored")
 

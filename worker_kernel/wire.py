@@ -246,6 +246,7 @@ def _as_bytes(frame: Any) -> bytes:
 
 _SNDMORE = int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
+_DONTWAIT = int(zmq.DONTWAIT)
 _POLLIN = int(zmq.POLLIN)
 _send = _RawSocket.send
 _recv = _RawSocket.recv
@@ -253,12 +254,16 @@ _get = _RawSocket.get
 ZERO_COPY_BYTES = 65536  # frames at least this large are sent and received without a copy
 
 
-def send_frames(sock: zmq.Socket, frames: Sequence[Any]) -> None:
-    """Send one multipart message."""
+def send_frames(sock: zmq.Socket, frames: Sequence[Any], block: bool = True) -> None:
+    """Send one multipart message. With ``block=False``, raise `zmq.Again` rather than wait when the peer's
+    queue is full (once the first frame is queued, ZeroMQ takes the whole message)."""
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         big = not isinstance(frame, bytes) or len(frame) >= ZERO_COPY_BYTES
-        _send(sock, frame, _SNDMORE if i < last else 0, copy=not big)
+        flags = _SNDMORE if i < last else 0
+        if i == 0 and not block:
+            flags |= _DONTWAIT
+        _send(sock, frame, flags, copy=not big)
 
 
 def recv_frames(sock: zmq.Socket, block: bool = True) -> list[Any] | None:

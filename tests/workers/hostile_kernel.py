@@ -91,11 +91,16 @@ class Hostile:
                         os._exit(0)
                 elif sock is self.stdin:
                     self.read_stdin()
-                else:
+                elif self.shell.poll(0):
                     self.handle(self.session.parse(self.shell.recv_multipart()))
 
     def read_stdin(self) -> None:
-        msg = self.session.parse(self.stdin.recv_multipart())
+        # not blocking: the serve loop's poll result can be stale once broker_call has read stdin itself
+        try:
+            frames = self.stdin.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        msg = self.session.parse(frames)
         if msg.msg_type == "wb_stdin_hello":
             self.stdin_peers.add(msg.idents[0])
         else:
