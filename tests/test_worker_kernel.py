@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jupyter_kernel_test
+import psutil
 import pytest
 from jupyter_client.manager import start_new_kernel
 
@@ -112,10 +113,14 @@ def test_worker_exits_when_its_host_dies(tmp_path, workers_dir):
         f"print(b.worker_proxy({str(workers_dir / 'values.py')!r}).pid(), flush=True)\n"
         "os.kill(os.getpid(), 9)\n"
     )
-    host = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    worker_pid = int(host.stdout.strip())
-    import psutil
+    _assert_worker_ends_with_its_host(script)
 
+
+def _assert_worker_ends_with_its_host(script: str) -> None:
+    """Run ``script`` as a host that prints its worker's pid and then is killed; the worker must end too."""
+    host = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert host.returncode == -9
+    worker_pid = int(host.stdout.strip())
     try:
         process = psutil.Process(worker_pid)
     except psutil.NoSuchProcess:
@@ -139,16 +144,7 @@ def test_a_busy_worker_exits_when_its_host_dies(workers_dir):
         "sys.stdout = Die()\n"
         "values.wait_for_file('/nonexistent/never')\n"
     )
-    host = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert host.returncode == -9
-    worker_pid = int(host.stdout.strip())
-    import psutil
-
-    try:
-        process = psutil.Process(worker_pid)
-    except psutil.NoSuchProcess:
-        return
-    process.wait(timeout=30)  # raises if the worker lives on
+    _assert_worker_ends_with_its_host(script)
 
 
 def test_sigint_interrupts_running_code_and_is_ignored_when_idle(kernel_spec_dir):
