@@ -24,7 +24,17 @@ import zmq
 from worker_kernel.codec import DecodeError, decode_value, encode_value, exception_from_wire, exception_to_wire
 from worker_kernel.loader import is_file_spec, module_name_for, resolve_module
 from worker_kernel.proxy import ModuleProxy, make_function
-from worker_kernel.wire import WB_BROKER, WB_CALL, WB_IMPORT, WB_INSPECT, Message, WireError, recv_frames, send_frames
+from worker_kernel.wire import (
+    WB_BROKER,
+    WB_CALL,
+    WB_IMPORT,
+    WB_INSPECT,
+    Message,
+    WireError,
+    has_message,
+    recv_frames,
+    send_frames,
+)
 
 from .cleaner import EventType, WorkerCleaner, WorkerEvent
 from .connection import MAX_MESSAGE_BYTES, WorkerConnection, now, pidfd
@@ -257,20 +267,23 @@ class WorkerBroker:
                 worker = await loop.run_in_executor(None, self._worker, module, segregation_id)
             call = Call(worker.connection.session.new_id(), worker, function, sys.stdout, sys.stderr)  # type: ignore[union-attr]
             call.loop = loop
-            call.future = loop.create_future()
+            call.future = future = loop.create_future()
             self._pump.serve_loop(loop)
             self._pump.async_started()
-            self._send_call(worker, call, WB_CALL, content, buffers, leader=False)
-            self._pump.kick(loop)
+            self._pump.batch(loop, self._send_call(worker, call, WB_CALL, content, buffers))
+            timer = None if timeout is None else loop.call_later(timeout, _time_out, future)
             try:
-                await asyncio.wait_for(call.future, timeout)
-            except asyncio.TimeoutError:
+                await future
+            except TimeoutError:
                 self._interrupt(worker, call)
                 self._abandon(call, CallTimeout(f"{function}() in worker {worker.key!r} took longer than {timeout} s"))
             except asyncio.CancelledError:
                 self._interrupt(worker, call)
                 self._abandon(call, WorkerBrokerError("cancelled"))
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
             if not call.unsent:
                 break
         return self._outcome(call)
@@ -434,10 +447,8 @@ class WorkerBroker:
             "source": None,
         }
 
-    def _send_call(
-        self, worker: Worker, call: Call, msg_type: str, content: dict, buffers: list, *, leader: bool
-    ) -> Callable[[], None] | None:
-        """Register ``call`` on ``worker`` and send it: now (``leader=False``) or as the returned action."""
+    def _send_call(self, worker: Worker, call: Call, msg_type: str, content: dict, buffers: list) -> Callable[[], None]:
+        """Register ``call`` on ``worker``; returns the action that sends it, to run on the pump."""
         _, frames = worker.connection.session.message(msg_type, content, buffers=buffers, msg_id=call.msg_id)  # type: ignore[union-attr]
         worker.calls += 1
         worker.pending[call.msg_id] = call
@@ -453,10 +464,7 @@ class WorkerBroker:
                 worker.last_beat = now()
                 self._beat(worker)
 
-        if leader:
-            return send
-        self._pump.soon(send)
-        return None
+        return send
 
     def _round_trip(
         self,
@@ -474,7 +482,7 @@ class WorkerBroker:
         for _ in range(UNSENT_RETRIES + 1):
             worker = self._worker(module, segregation_id)
             call = Call(worker.connection.session.new_id(), worker, function, sys.stdout, sys.stderr)  # type: ignore[union-attr]
-            send = self._send_call(worker, call, msg_type, content, buffers, leader=True)
+            send = self._send_call(worker, call, msg_type, content, buffers)
             deadline = None if timeout is None else now() + timeout
             try:
                 finished = self._pump.wait(call.is_done, deadline, send)
@@ -500,7 +508,8 @@ class WorkerBroker:
         except zmq.Again:
             self._end_worker(worker, "it stopped reading what the broker sends it")
             return
-        self._pump.mark(sock)
+        if has_message(sock):  # the send may have taken the descriptor's wake-up for it
+            self._pump.mark(sock)
 
     def _outcome(self, call: Call) -> Any:
         if call.error is not None:
@@ -716,8 +725,8 @@ class WorkerBroker:
             "segregation_id": segregation_id,
             "source": {"module": caller_module, "segregation_id": source.segregation_id},
         }
-        send = self._send_call(target, call, WB_CALL, content, msg.buffers, leader=True)
-        send()  # type: ignore[misc]
+        send = self._send_call(target, call, WB_CALL, content, msg.buffers)
+        send()
         if timeout:
             error = CallTimeout(f"{function}() in worker {target.key!r} took longer than {timeout} s")
 
@@ -885,6 +894,12 @@ def _close_all() -> None:
             broker.close()
         except Exception:
             pass
+
+
+def _time_out(future: asyncio.Future) -> None:
+    """A coroutine's call has waited too long (cheaper than `asyncio.wait_for`, which wraps every call)."""
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _ignore(_: object) -> None:

@@ -44,6 +44,7 @@ class Pump:
         # handlers do), and a send on a socket can swallow that signal, hence `mark` and the dirty set.
         self._epoll = select.epoll()
         self._handlers: dict[Any, Callable[[], None]] = {}
+        self._fds: dict[Any, int] = {}  # a socket's descriptor, looked up once (``sock.FD`` is a getsockopt)
         self._by_fd: dict[int, Callable[[], None]] = {}
         self._dirty: set[int] = set()  # descriptors of sockets to look at whether or not epoll says so
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -51,6 +52,7 @@ class Pump:
         self._async_pending = 0
         self._loops: list[Any] = []  # event loops that take turns through readers (see serve_loop)
         self._kicked = False
+        self._batches: dict[Any, list[Callable[[], None]]] = {}  # event loop -> sends queued by its coroutines
         self.closed = False
         self.register(self._wake_fd, self._drain_wake)
 
@@ -62,19 +64,20 @@ class Pump:
         fd = _fd(source)
         with self._cv:
             self._handlers[source] = handler
+            self._fds[source] = fd
             self._by_fd[fd] = handler
             self._epoll.register(fd, select.EPOLLIN)
             if not isinstance(source, int):
                 self._dirty.add(fd)  # a socket may hold messages already (a plain descriptor's handler must
                 # only run when epoll says it is readable: a pidfd's means "the process has ended")
         self._wake()
-        self._on_loops(lambda loop: loop.add_reader(_fd(source), self.turn))
+        self._on_loops(lambda loop: loop.add_reader(fd, self.turn))
 
     def unregister(self, source: Any) -> None:
-        fd = _fd(source)
         with self._cv:
             if self._handlers.pop(source, None) is None:
                 return
+            fd = self._fds.pop(source)
             self._by_fd.pop(fd, None)
             self._dirty.discard(fd)
             self._epoll.unregister(fd)
@@ -105,7 +108,9 @@ class Pump:
 
     def mark(self, sock: Any) -> None:
         """After a send on ``sock`` (on the leader): look at it at the next turn, whatever epoll says."""
-        self._dirty.add(_fd(sock))
+        fd = self._fds.get(sock)
+        if fd is not None:  # else it has been unregistered (its worker is gone): nothing to look at
+            self._dirty.add(fd)
 
     def at(self, when: float, action: Callable[[], None]) -> None:
         """Run ``action`` on the leader at ``when`` (time.monotonic) or soon after."""
@@ -246,8 +251,25 @@ class Pump:
             return
         with self._cv:
             self._loops = [known for known in self._loops if not known.is_closed()] + [loop]
-        for source in list(self._handlers):
-            loop.add_reader(_fd(source), self.turn)
+        for fd in list(self._fds.values()):
+            loop.add_reader(fd, self.turn)
+
+    def batch(self, loop: Any, action: Callable[[], None]) -> None:
+        """Run ``action`` (a send) on the pump once the running ``loop`` has finished its current pass.
+
+        Calls that coroutines make together (``asyncio.gather``) leave together: ZeroMQ's I/O thread is woken
+        once for the lot rather than once a message, which is most of what a send costs.
+        """
+        queued = self._batches.get(loop)
+        if queued is None:
+            queued = self._batches[loop] = []
+            loop.call_soon(self._send_batch, loop)
+        queued.append(action)
+
+    def _send_batch(self, loop: Any) -> None:
+        actions = self._batches.pop(loop, ())
+        if actions:
+            self.soon(lambda: _run_all(actions))
 
     def kick(self, loop: Any) -> None:
         """Schedule one turn on ``loop`` (after a send: it can swallow a socket's wake-up)."""
@@ -317,6 +339,14 @@ class Pump:
 
 
 _now = time.monotonic
+
+
+def _run_all(actions: list[Callable[[], None]]) -> None:
+    for action in actions:
+        try:
+            action()
+        except Exception:  # one call's send failing must not stop the others'
+            log.exception("a queued send of the broker's pump failed")
 
 
 def _fd(source: Any) -> int:

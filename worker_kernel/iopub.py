@@ -115,6 +115,8 @@ class OutputStream(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        if not self._parts:  # nothing written: the common case after a call, and no lock to take
+            return
         with self._lock:
             self._flush_locked()
 

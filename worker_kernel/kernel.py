@@ -125,7 +125,7 @@ class WorkerKernel:
         """The lean loop: poll the sockets and dispatch, until stopped or until a coroutine needs asyncio."""
         poller = zmq.Poller()
         handlers: dict[Any, Callable[[], None]] = {
-            self.shell: self._drain_shell,
+            self.shell: self._next_shell,  # zmq_poll is level-triggered: one message a turn, no draining
             self.stdin: self._drain_stdin,
             self.iopub.socket: self.iopub.take_subscriptions,
             self._wake_fd: self._drain_wake,
@@ -174,9 +174,9 @@ class WorkerKernel:
         self._drain_stdin()
         self._drain_shell()
 
-    def _receive(self, sock: zmq.Socket) -> Message | None:
+    def _receive(self, sock: zmq.Socket, polled: bool = False) -> Message | None:
         """One message from ``sock`` if one is waiting; malformed or unsigned messages are dropped."""
-        while (frames := recv_frames(sock, block=False)) is not None:
+        while (frames := recv_frames(sock, block=False, polled=polled)) is not None:
             try:
                 return self.session.parse(frames)
             except WireError as exc:
@@ -185,12 +185,20 @@ class WorkerKernel:
 
     def _drain_shell(self) -> None:
         while (msg := self._receive(self.shell)) is not None:
-            self._last_idents = msg.idents
-            handler = self.shell_handlers.get(msg.msg_type, self._unknown)
-            try:
-                handler(msg)
-            except (Exception, KeyboardInterrupt):  # a handler bug, or an interrupt that came late: serve on
-                log.exception("handling %s failed", msg.msg_type)
+            self._handle_shell(msg)
+
+    def _next_shell(self) -> None:
+        msg = self._receive(self.shell, polled=True)
+        if msg is not None:
+            self._handle_shell(msg)
+
+    def _handle_shell(self, msg: Message) -> None:
+        self._last_idents = msg.idents
+        handler = self.shell_handlers.get(msg.msg_type, self._unknown)
+        try:
+            handler(msg)
+        except (Exception, KeyboardInterrupt):  # a handler bug, or an interrupt that came late: serve on
+            log.exception("handling %s failed", msg.msg_type)
 
     def _drain_stdin(self) -> None:
         while (msg := self._receive(self.stdin)) is not None:

@@ -188,15 +188,20 @@ class Session:
 
         ``frames`` may be bytes or `zmq.Frame`s; buffers keep the zero-copy view when frames are given.
         """
-        if frames and frames[0] == DELIMITER:  # the common case, from a DEALER: no routing ids
+        count = len(frames)
+        if count and frames[0] == DELIMITER:  # from a DEALER: no routing ids
             at = 0
+        elif count > 1 and frames[1] == DELIMITER:  # on a ROUTER: one routing id
+            at = 1
         else:
             at = next((i for i, frame in enumerate(frames[:16]) if _as_bytes(frame) == DELIMITER), -1)
             if at < 0:
                 raise WireError("no <IDS|MSG> delimiter in the first 16 frames")
-        if len(frames) < at + 6:
-            raise WireError(f"a message needs 6 frames after the routing ids, got {len(frames) - at}")
-        signature, h, p, m, c = (_as_bytes(f) for f in frames[at + 1 : at + 6])
+        if count < at + 6:
+            raise WireError(f"a message needs 6 frames after the routing ids, got {count - at}")
+        signature, h, p, m, c = frames[at + 1 : at + 6]
+        if not type(signature) is type(h) is type(p) is type(m) is type(c) is bytes:  # zmq.Frames, say
+            signature, h, p, m, c = map(_as_bytes, (signature, h, p, m, c))
         if self._mac is not None:
             mac = self._mac.copy()
             mac.update(h)
@@ -216,8 +221,8 @@ class Session:
             raise WireError("header, parent header and content must be JSON objects")
         if type(metadata) is not dict:
             metadata = {}
-        idents = [_as_bytes(f) for f in frames[:at]]
-        buffers = [f if isinstance(f, bytes) else f.buffer for f in frames[at + 6 :]] if len(frames) > at + 6 else []
+        idents = [_as_bytes(f) for f in frames[:at]] if at else []
+        buffers = [f if isinstance(f, bytes) else f.buffer for f in frames[at + 6 :]] if count > at + 6 else []
         return Message(idents, h, header, parent, metadata, content, buffers)
 
 
@@ -258,26 +263,41 @@ def send_frames(sock: zmq.Socket, frames: Sequence[Any], block: bool = True) -> 
     """Send one multipart message. With ``block=False``, raise `zmq.Again` rather than wait when the peer's
     queue is full (once the first frame is queued, ZeroMQ takes the whole message)."""
     last = len(frames) - 1
+    first = 0 if block else _DONTWAIT
     for i, frame in enumerate(frames):
-        big = not isinstance(frame, bytes) or len(frame) >= ZERO_COPY_BYTES
-        flags = _SNDMORE if i < last else 0
-        if i == 0 and not block:
-            flags |= _DONTWAIT
-        _send(sock, frame, flags, copy=not big)
+        flags = (_SNDMORE if i < last else 0) | first
+        first = 0
+        if type(frame) is bytes and len(frame) < ZERO_COPY_BYTES:
+            _send(sock, frame, flags)
+        else:  # large, or a buffer (memoryview, zmq.Frame, numpy): ZeroMQ keeps a reference instead of a copy
+            _send(sock, frame, flags, copy=False)
 
 
-def recv_frames(sock: zmq.Socket, block: bool = True) -> list[Any] | None:
+def has_message(sock: zmq.Socket) -> bool:
+    """Whether a message waits on ``sock``. Asking also re-arms the socket's edge-triggered descriptor, which a
+    send on the socket may have consumed."""
+    return bool(_get(sock, _EVENTS) & _POLLIN)  # type: ignore[operator]
+
+
+def recv_frames(sock: zmq.Socket, block: bool = True, *, polled: bool = False) -> list[Any] | None:
     """Receive one multipart message, or None if ``block`` is false and none is waiting.
 
+    ``polled``: a level-triggered ``zmq_poll`` has just said that ``sock`` is readable, so ZeroMQ is not asked
+    again (None all the same if it was wrong).
     The routing ids and the five message parts arrive as bytes; the buffers after them as `zmq.Frame`s, so that
     a large value is never copied on its way in.
     """
-    if not block and not _get(sock, _EVENTS) & _POLLIN:  # type: ignore[operator]  # cheaper than zmq.Again
+    if not block and not polled and not _get(sock, _EVENTS) & _POLLIN:  # type: ignore[operator]  # cheaper than zmq.Again
         return None
     frames: list[Any] = []
     after = -1  # message parts still to come after the delimiter; -1 until it is seen
+    flags = _DONTWAIT if polled else 0  # the rest of a message is there once its first frame is
     while True:
-        frame = _recv(sock, 0, copy=False)
+        try:
+            frame = _recv(sock, flags, copy=False)
+        except zmq.Again:
+            return None
+        flags = 0
         if after == 0:
             frames.append(frame)  # a buffer: kept as a zmq.Frame, never copied
         else:
