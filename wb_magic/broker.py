@@ -541,9 +541,13 @@ class WorkerBroker:
         self._pump.delivered()
 
     def _deliver(self, call: Call) -> None:
-        """Wake the awaiting coroutine. Results for one event loop go in batches: one thread-safe wake-up (a
-        write to the loop's self-pipe) per batch, not per call, which is what pipelined calls need."""
+        """Wake the awaiting coroutine: at once on its own loop's thread (the loop leads the pump), else in
+        batches, one thread-safe wake-up (a write to the loop's self-pipe) per batch rather than per call."""
         loop = call.loop
+        if asyncio.events._get_running_loop() is loop:
+            if not call.future.done():
+                call.future.set_result(None)
+            return
         with self._end_lock:
             batch = self._batches.setdefault(loop, [])
             first = not batch

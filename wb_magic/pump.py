@@ -8,7 +8,8 @@ condition until the leader has delivered their reply or has left, and then one o
 
 Coroutines never block the event loop: the loop itself takes turns at leading, from readers on every socket's
 file descriptor (`serve_loop`), so an ``await``-ed call costs no thread switch either. When another thread
-leads while coroutines wait, it hands their results to the loop in batches, and kicks the loop when it leaves.
+leads while coroutines wait, it hands their results to the loop in batches, and has the loops look again when
+it leaves.
 
 The leader waits with epoll on the sockets' descriptors: a turn costs O(ready sockets), not O(workers).
 
@@ -51,7 +52,6 @@ class Pump:
         self._timer_ids = count()
         self._async_pending = 0
         self._loops: list[Any] = []  # event loops that take turns through readers (see serve_loop)
-        self._kicked = False
         self._batches: dict[Any, list[Callable[[], None]]] = {}  # event loop -> sends queued by its coroutines
         self.closed = False
         self.register(self._wake_fd, self._drain_wake)
@@ -71,7 +71,7 @@ class Pump:
                 self._dirty.add(fd)  # a socket may hold messages already (a plain descriptor's handler must
                 # only run when epoll says it is readable: a pidfd's means "the process has ended")
         self._wake()
-        self._on_loops(lambda loop: loop.add_reader(fd, self.turn))
+        self._on_loops(lambda loop: loop.add_reader(fd, self.turn, fd))
 
     def unregister(self, source: Any) -> None:
         with self._cv:
@@ -245,14 +245,14 @@ class Pump:
         """Have the running event ``loop`` lead the pump in turns, from readers on every source's descriptor.
 
         Called on the loop's thread before a coroutine awaits a reply. ZeroMQ's descriptors are edge-triggered,
-        which is why a turn drains everything that is ready, and why `kick` follows each send.
+        which is why a turn drains everything that is ready, and why a send looks at its socket again.
         """
         if loop in self._loops:
             return
         with self._cv:
             self._loops = [known for known in self._loops if not known.is_closed()] + [loop]
         for fd in list(self._fds.values()):
-            loop.add_reader(fd, self.turn)
+            loop.add_reader(fd, self.turn, fd)
 
     def batch(self, loop: Any, action: Callable[[], None]) -> None:
         """Run ``action`` (a send) on the pump once the running ``loop`` has finished its current pass.
@@ -271,15 +271,12 @@ class Pump:
         if actions:
             self.soon(lambda: _run_all(actions))
 
-    def kick(self, loop: Any) -> None:
-        """Schedule one turn on ``loop`` (after a send: it can swallow a socket's wake-up)."""
-        if not self._kicked:
-            self._kicked = True
-            loop.call_soon(self.turn)
+    def turn(self, fd: int | None = None) -> None:
+        """One non-blocking pass, on an event loop: lead if nobody does, take what is ready, step down.
 
-    def turn(self) -> None:
-        """One non-blocking pass, on an event loop: lead if nobody does, take what is ready, step down."""
-        self._kicked = False
+        ``fd`` is a descriptor the loop's own selector found readable: it is dispatched without asking the
+        pump's epoll again (the loop calls a turn for each readable one). Without it, every source is polled.
+        """
         me = threading.get_ident()
         with self._cv:
             if self._leader is not None:
@@ -291,7 +288,13 @@ class Pump:
                     self._outbox.popleft()()
                 if self._timers:
                     self._run_timers()
-                ready = self._ready(0)
+                if fd is None:
+                    ready = self._ready(0)
+                else:  # later passes need only what this turn's sends marked
+                    ready = self._ready(0, dirty_only=True)
+                    if fd >= 0:
+                        ready.add(fd)
+                        fd = -1
                 if not ready:
                     break
                 self._dispatch(ready)
