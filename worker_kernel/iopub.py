@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from .wire import Session, send_frames
+from .wire import Session, has_message, send_frames
 
 log = logging.getLogger("worker_kernel")
 
@@ -68,7 +68,7 @@ class IOPub:
             self._take_subscriptions_locked()
 
     def _take_subscriptions_locked(self) -> None:
-        while self.socket.poll(0):
+        while has_message(self.socket):
             notice = self.socket.recv()
             if notice[:1] == b"\x01" and not self.subscribed:
                 self.subscribed = True

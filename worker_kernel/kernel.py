@@ -62,6 +62,8 @@ class WorkerKernel:
         self._answers: dict[str, Message] = {}
         self._last_idents: list[bytes] = []
         self._stdin_peers: set[bytes] = set()
+        self._nested: zmq.Poller | None = None  # what a sync function waiting on the broker polls
+        self._nested_handlers: dict[Any, Callable[[], None]] = {}
         self._main_thread = threading.get_ident()
         self.shell_handlers: dict[str, Handler] = {
             "kernel_info_request": self._kernel_info,
@@ -388,17 +390,25 @@ class WorkerKernel:
         if threading.get_ident() != self._main_thread:
             raise RuntimeError("worker-to-worker calls are made from the worker's main thread (or its event loop)")
         msg_id = self._broker_message(content, buffers)
-        poller = zmq.Poller()
-        for sock in (self.shell, self.stdin, self.iopub.socket):
-            poller.register(sock, zmq.POLLIN)
+        if self._nested is None:
+            self._nested = zmq.Poller()
+            for sock in (self.shell, self.stdin, self.iopub.socket):
+                self._nested.register(sock, zmq.POLLIN)
+            self._nested_handlers = {
+                self.shell: self._next_shell,
+                self.stdin: self._drain_stdin,
+                self.iopub.socket: self.iopub.take_subscriptions,
+            }
         deadline = None if timeout is None else time.monotonic() + timeout
         while msg_id not in self._answers:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             if wait == 0.0:
                 self._waiting.pop(msg_id, None)
                 raise CallTimeout(f"no answer from the broker within {timeout} s")
-            poller.poll(None if wait is None else int(wait * 1000) + 1)
-            self._drain_all()
+            for sock, _ in self._nested.poll(None if wait is None else int(wait * 1000) + 1):
+                self._nested_handlers[sock]()
+        if self.loop is not None:  # polling here took the wake-ups that the loop's (edge-triggered) readers wait for
+            self.loop.call_soon(self._drain_all)
         return _answer(self._answers.pop(msg_id))
 
     async def abroker_request(self, content: dict[str, Any], buffers: list[Any], timeout: float | None) -> Any:
