@@ -32,6 +32,8 @@ from typing import Any
 
 log = logging.getLogger("wb_magic")
 
+BATCH_SENDS = 16  # coroutines' sends queued before they go out together (see Pump.batch)
+
 
 class Pump:
     def __init__(self) -> None:
@@ -255,20 +257,28 @@ class Pump:
             loop.add_reader(fd, self.turn, fd)
 
     def batch(self, loop: Any, action: Callable[[], None]) -> None:
-        """Run ``action`` (a send) on the pump once the running ``loop`` has finished its current pass.
+        """Run ``action`` (a send) on the pump: the first of a pass of the running ``loop`` at once, the
+        others in batches of BATCH_SENDS, and what is left when the loop's pass ends.
 
         Calls that coroutines make together (``asyncio.gather``) leave together: ZeroMQ's I/O thread is woken
-        once for the lot rather than once a message, which is most of what a send costs.
+        once a batch rather than once a message, which is most of what a send costs; and the worker has work
+        from the first call on.
         """
         queued = self._batches.get(loop)
         if queued is None:
-            queued = self._batches[loop] = []
-            loop.call_soon(self._send_batch, loop)
+            self._batches[loop] = []
+            loop.call_soon(self._send_batch, loop, True)
+            self.soon(action)
+            return
         queued.append(action)
+        if len(queued) >= BATCH_SENDS:
+            self._send_batch(loop)
 
-    def _send_batch(self, loop: Any) -> None:
-        actions = self._batches.pop(loop, ())
+    def _send_batch(self, loop: Any, last: bool = False) -> None:
+        actions = self._batches.pop(loop, None) if last else self._batches.get(loop)
         if actions:
+            if not last:
+                self._batches[loop] = []
             self.soon(lambda: _run_all(actions))
 
     def turn(self, fd: int | None = None) -> None:
