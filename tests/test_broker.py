@@ -209,6 +209,32 @@ def test_async_timeout(workers_dir):
         assert asyncio.run(main()) == "after"
 
 
+def test_many_gathered_calls_reach_every_worker_and_keep_their_order(workers_dir):
+    """Calls made together leave in batches (Pump.batch): each gets its own answer, a timeout in the middle
+    of a batch fails only its own call, and a cancelled one leaves the rest alone."""
+    with WorkerBroker() as broker:
+        first = broker.worker_proxy(workers_dir / "values.py", asynchronous=True, timeout=60)
+        second = broker.worker_proxy((workers_dir / "values.py", "second"), asynchronous=True, timeout=60)
+        hasty = broker.worker_proxy((workers_dir / "values.py", "hasty"), asynchronous=True, timeout=0.5)
+        stuck = broker.worker_proxy((workers_dir / "values.py", "stuck"), asynchronous=True, timeout=60)
+
+        async def main():
+            assert await hasty.echo("up") == "up"
+            calls = [(first if i % 2 else second).echo(i) for i in range(100)]
+            calls.insert(37, hasty.block_until_interrupted())
+            doomed = asyncio.ensure_future(stuck.block_until_interrupted())
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            doomed.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await doomed
+            return results, await stuck.echo("after")
+
+        results, after = asyncio.run(main())
+    assert isinstance(results.pop(37), CallTimeout)
+    assert results == list(range(100))
+    assert after == "after"
+
+
 class _Trigger(io.StringIO):
     """A stdout that sends the test process SIGINT (a Ctrl-C) when the worker says it has started."""
 
