@@ -24,9 +24,6 @@ log = logging.getLogger("wb_magic")
 DEFAULT_ARGV = (sys.executable, "-m", "worker_kernel", "-f", "{connection_file}")
 # what a sandboxed worker keeps of the host's environment without env=True: nothing secret, what Python needs
 SANDBOX_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "PYTHONHASHSEED", "WB_DEBUG")
-# glibc's malloc asks for transparent huge pages for large blocks: a 64 MiB value decoded in a worker then costs
-# 32 page faults instead of 16384 (60 ms -> 20 ms here, docs/benchmarks.md). Left alone if GLIBC_TUNABLES is set.
-MALLOC_TUNABLES = "glibc.malloc.hugetlb=1"
 
 
 @dataclass(frozen=True)
@@ -102,7 +99,6 @@ class WorkerSpec:
         else:
             names = [*SANDBOX_ENV, *(allowed or ()), *(["PATH"] if self.permissions and self.permissions.run else [])]
             env = {name: os.environ[name] for name in names if name in os.environ}
-        env.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
         for name, value in self.env.items():
             if value is None:
                 env.pop(name, None)
