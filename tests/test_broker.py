@@ -140,6 +140,18 @@ def test_unsendable_values_fail_the_call_with_their_place(values):
     assert values.echo("still fine") == "still fine"  # nothing was lost
 
 
+def test_text_utf8_cannot_carry_fails_at_once(values):
+    """A lone surrogate cannot be encoded: the call fails with a TypeError rather than waiting for a reply that
+    never comes, whichever side it is on (test_codec checks both of the wire's JSON encoders refuse it)."""
+    with pytest.raises(TypeError, match="surrogates not allowed"):
+        values.lone_surrogate("result")
+    with pytest.raises(TypeError, match="surrogates not allowed"):
+        values.lone_surrogate("error")
+    with pytest.raises(TypeError, match="surrogates not allowed"):
+        values.echo("x\udc80y")
+    assert values.echo("still fine") == "still fine"
+
+
 def test_registered_marshallers(values):
     class Point:
         def __init__(self, x, y):

@@ -53,3 +53,26 @@ def test_a_frame_cannot_be_used_twice():
 def test_malformed_payloads_are_refused(data):
     with pytest.raises(DecodeError):
         decode_value(data, [b"\0" * 8])
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_both_wire_encoders_write_the_same_json_and_refuse_lone_surrogates(fast, monkeypatch):
+    """A worker answers its first call with the standard library's json and switches to orjson when idle
+    (`wire.use_orjson`): both must give the same JSON, and both must refuse what UTF-8 cannot carry."""
+    from worker_kernel import wire
+
+    monkeypatch.setattr(wire, "dumps", wire.dumps)
+    monkeypatch.setattr(wire, "loads", wire.loads)
+    if fast:
+        assert wire.use_orjson()
+    else:
+        monkeypatch.setattr(wire, "dumps", wire._dumps_stdlib)
+        monkeypatch.setattr(wire, "loads", wire._loads_stdlib)
+    session = wire.Session(b"key")
+    content = {"text": "héllo ✓", "n": [1, -(2**63), 2**64 - 1, 0.1, True, None], "nested": {"a": {}}}
+    _, frames = session.message("wb_call_request", content)
+    expected = '{"text":"héllo ✓","n":[1,-9223372036854775808,18446744073709551615,0.1,true,null],"nested":{"a":{}}}'
+    assert frames[-1] == expected.encode()
+    assert session.parse(frames).content == content
+    with pytest.raises((TypeError, ValueError), match="surrogates not allowed"):
+        session.message("wb_call_request", {"text": "a\ud800b"})

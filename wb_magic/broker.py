@@ -34,6 +34,7 @@ from worker_kernel.wire import (
     has_message,
     recv_frames,
     send_frames,
+    use_orjson,
 )
 
 from .cleaner import EventType, WorkerCleaner, WorkerEvent
@@ -44,6 +45,7 @@ from .pump import Pump
 from .worker import Call, Worker, WorkerInfo, close_fd
 
 log = logging.getLogger("wb_magic")
+use_orjson()  # the host has no start-up to protect: the fast JSON from the first message
 
 Target = Any  # a module spec (path, file:// URL, dotted name) or (spec, segregation_id)
 KeySupplier = Callable[[str, "str | None"], Hashable]
@@ -678,7 +680,7 @@ class WorkerBroker:
                 _, frames = source.connection.session.message(  # type: ignore[union-attr]
                     "wb_broker_reply", content, parent=msg.raw_header, buffers=buffers
                 )
-            except TypeError as exc:  # the target's reply cannot be re-encoded (an int past 64 bits, say)
+            except (TypeError, ValueError) as exc:  # the target's reply cannot be re-encoded (a lone surrogate, say)
                 error = WorkerBrokerError(f"the reply could not be passed on: {exc}")
                 _, frames = source.connection.session.message(  # type: ignore[union-attr]
                     "wb_broker_reply", {"status": "error", **exception_to_wire(error, [])}, parent=msg.raw_header
@@ -729,7 +731,11 @@ class WorkerBroker:
             "segregation_id": segregation_id,
             "source": {"module": caller_module, "segregation_id": source.segregation_id},
         }
-        send = self._send_call(target, call, WB_CALL, content, msg.buffers)
+        try:
+            send = self._send_call(target, call, WB_CALL, content, msg.buffers)
+        except (TypeError, ValueError) as exc:  # arguments JSON cannot carry on (a lone surrogate, say)
+            answer({"status": "error", **exception_to_wire(TypeError(f"the call could not be encoded: {exc}"), [])})
+            return
         send()
         if timeout:
             error = CallTimeout(f"{function}() in worker {target.key!r} took longer than {timeout} s")

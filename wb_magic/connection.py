@@ -16,8 +16,12 @@ import zmq
 from worker_kernel.wire import Session
 
 # ZeroMQ retries a refused connection after RECONNECT_IVL (100 ms by default). A worker binds its sockets some
-# 50 ms after launch, so we retry much sooner: this is what makes the first call fast without wait_for_ready.
+# 100 ms after launch, so we retry much sooner: this is what makes the first call fast without wait_for_ready.
+# The retries back off (doubling) only up to RECONNECT_MAX_MS: with a 100 ms cap, a worker that bound at 110 ms
+# was found at 126 ms; with 10 ms, by 120 at worst. A worker that is gone has its sockets closed by the broker, so
+# the fast retries last only while one starts (or while an attached kernel is out of reach).
 RECONNECT_MS = 2
+RECONNECT_MAX_MS = 10
 MAX_MESSAGE_BYTES = 64 << 20  # default cap on one frame from a worker: ZeroMQ drops the connection past it
 RECEIVE_QUEUE = 100  # messages queued per socket before ZeroMQ stops reading from the worker
 
@@ -48,7 +52,7 @@ class WorkerConnection:
         sock = context.socket(kind)
         sock.linger = 0
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         sock.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
         if identity is not None:

@@ -31,11 +31,13 @@ from .codec import Unencodable, decode_value, encode_value, exception_from_wire,
 from .errors import CallTimeout
 from .iopub import IOPub, OutputStream, Request, current_request
 from .runner import CallContext, CallRunner, current
-from .wire import WB_BROKER, Message, Session, WireError, recv_frames, reply_type, send_frames
+from .wire import WB_BROKER, Message, Session, WireError, recv_frames, reply_type, send_frames, use_orjson
 
 log = logging.getLogger("worker_kernel")
 
 Handler = Callable[[Message], None]
+
+IDLE_MS = 20  # quiet this long after start-up, a worker does what it put off to answer its first call sooner
 
 running: WorkerKernel | None = None  # the kernel of this process, once started (see `worker.broker_proxy`)
 
@@ -62,6 +64,7 @@ class WorkerKernel:
         self._answers: dict[str, Message] = {}
         self._last_idents: list[bytes] = []
         self._stdin_peers: set[bytes] = set()
+        self._fast_json = False  # the wire switches to orjson once the worker is first idle
         self._nested: zmq.Poller | None = None  # what a sync function waiting on the broker polls
         self._nested_handlers: dict[Any, Callable[[], None]] = {}
         self._main_thread = threading.get_ident()
@@ -136,7 +139,11 @@ class WorkerKernel:
             poller.register(source, zmq.POLLIN)
         self._drain_all()
         while not self._stopping and self.loop is None:
-            for source, _ in poller.poll():
+            ready = poller.poll(None if self._fast_json else IDLE_MS)
+            if not ready and not self._fast_json:
+                self._fast_json = True
+                use_orjson()  # idle: the first call (if any was waiting) has had its answer
+            for source, _ in ready:
                 handlers[source]()
 
     def _serve_asyncio(self) -> None:
@@ -146,6 +153,9 @@ class WorkerKernel:
         loop.add_reader(self.iopub.socket.FD, self.iopub.take_subscriptions)
         loop.add_reader(self._wake_fd, self._drain_wake)
         loop.call_soon(self._drain_all)
+        if not self._fast_json:
+            self._fast_json = True
+            loop.call_later(IDLE_MS / 1000, use_orjson)
         loop.run_forever()
 
     def _event_loop(self) -> Any:
@@ -225,14 +235,24 @@ class WorkerKernel:
         buffers: list[Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        _, frames = self.session.message(
-            reply_type(request.msg_type),
-            content,
-            parent=request.raw_header,
-            metadata=metadata,
-            buffers=buffers or (),
-            idents=request.idents,
-        )
+        msg_type = reply_type(request.msg_type)
+        try:
+            _, frames = self.session.message(
+                msg_type,
+                content,
+                parent=request.raw_header,
+                metadata=metadata,
+                buffers=buffers or (),
+                idents=request.idents,
+            )
+        except (
+            TypeError,
+            ValueError,
+        ) as exc:  # a str that JSON cannot carry (a lone surrogate): say so, never go quiet
+            error = {"status": "error", **exception_to_wire(TypeError(f"the reply could not be encoded: {exc}"), [])}
+            if type(content.get("outputs")) is int:
+                error["outputs"] = content["outputs"]
+            _, frames = self.session.message(msg_type, error, parent=request.raw_header, idents=request.idents)
         send_frames(sock, frames)
 
     def _unknown(self, msg: Message) -> None:

@@ -38,6 +38,13 @@ def unsendable():
     return object()
 
 
+def lone_surrogate(where: str):
+    """A str that UTF-8 (and so JSON on the wire) cannot carry, in the result or in an error's message."""
+    if where == "error":
+        raise ValueError("bad \ud800 text")
+    return "a\ud800b"
+
+
 def talk(lines: int):
     for i in range(lines):
         print(f"line {i}")
