@@ -247,6 +247,26 @@ def test_many_gathered_calls_reach_every_worker_and_keep_their_order(workers_dir
     assert after == "after"
 
 
+def test_a_blocking_call_from_a_coroutine_sends_the_calls_queued_before_it(workers_dir, tmp_path):
+    """Coroutines' calls leave in batches at the end of the loop's pass; a sync call made on the loop's thread
+    blocks that pass, so the calls queued before it must leave first (here, the one it waits for)."""
+    fifo = tmp_path / "line"
+    os.mkfifo(fifo)
+    with WorkerBroker() as broker:
+        writer = broker.worker_proxy((workers_dir / "values.py", "writer"), asynchronous=True)
+        patient = broker.worker_proxy(workers_dir / "patient.py", timeout=30)
+
+        async def main():
+            assert await writer.echo("up") == "up"  # started: the calls below are made without a wait
+            first = asyncio.ensure_future(writer.echo("first"))  # the first of a pass goes at once
+            release = asyncio.ensure_future(writer.write_line(str(fifo), "released"))  # this one is queued
+            await asyncio.sleep(0)  # one step each: both calls are made
+            assert patient.wait_for_line(str(fifo)) == "released"
+            return await asyncio.gather(first, release)
+
+        assert asyncio.run(main()) == ["first", None]
+
+
 class _Trigger(io.StringIO):
     """A stdout that sends the test process SIGINT (a Ctrl-C) when the worker says it has started."""
 

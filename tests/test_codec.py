@@ -76,3 +76,26 @@ def test_both_wire_encoders_write_the_same_json_and_refuse_lone_surrogates(fast,
     assert session.parse(frames).content == content
     with pytest.raises((TypeError, ValueError), match="surrogates not allowed"):
         session.message("wb_call_request", {"text": "a\ud800b"})
+
+
+def test_nesting_has_one_limit_whichever_json_encoder_the_wire_uses():
+    from worker_kernel import wire
+    from worker_kernel.codec import MAX_DEPTH
+
+    def nested(depth):
+        value = "bottom"
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    deep = nested(MAX_DEPTH)
+    buffers = []
+    encoded = encode_value(deep, buffers, "the result")
+    content = {"status": "ok", "value": encoded}
+    assert wire._dumps_stdlib(content) == wire.dumps(content) or wire.use_orjson()
+    import orjson
+
+    assert orjson.loads(orjson.dumps(content))["value"] == encoded  # within orjson's own limit
+    assert decode_value(encoded, buffers) == deep
+    with pytest.raises(TypeError, match="nested too deeply"):
+        encode_value(nested(MAX_DEPTH + 1), [], "the result")

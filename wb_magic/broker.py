@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import select
 import sys
 import threading
 import weakref
@@ -460,7 +461,11 @@ class WorkerBroker:
                 call.unsent = True  # removed (by a cleaner, say) between our choosing it and sending: retried
                 self._end(call, WorkerDied(f"worker {worker.key!r} ended before the call was sent"))
                 return
-            self._send(worker, worker.connection.shell, frames)  # type: ignore[union-attr]
+            try:
+                self._send(worker, worker.connection.shell, frames)  # type: ignore[union-attr]
+            except Exception as exc:  # never leave a call waiting for the reply to a message that did not leave
+                self._end(call, WorkerBrokerError(f"the call to worker {worker.key!r} could not be sent: {exc}"))
+                return
             if worker.pidfd is None and not worker.beating:
                 worker.beating = True
                 worker.last_beat = now()
@@ -797,6 +802,8 @@ class WorkerBroker:
         return count
 
     def _on_exit(self, worker: Worker) -> None:
+        if worker.pidfd is not None and not select.select([worker.pidfd], [], [], 0)[0]:
+            return  # a stale wake-up: the descriptor's number was another's, and this process runs on
         self._discard(worker, f"it ended ({worker.exit_status()})")
 
     def _discard(self, worker: Worker, why: str) -> None:

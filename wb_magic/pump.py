@@ -18,6 +18,7 @@ So a synchronous call from a notebook costs: one send, one ``epoll_wait``, one r
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import math
@@ -130,6 +131,7 @@ class Pump:
         """Block until ``done()`` or ``deadline``; lead the pump whenever nobody else does. ``first`` is sent
         before waiting. Returns ``done()``."""
         me = threading.get_ident()
+        self.send_queued()
         with self._cv:
             if self._leader == me:  # re-entered from a handler on the leader (a launch, say)
                 lead = True
@@ -171,7 +173,8 @@ class Pump:
             with self._cv:
                 if not self._outbox:
                     self._leader = None
-                    self._cv.notify_all()
+                    if self._followers:  # only followers wait on the condition
+                        self._cv.notify_all()
                     return
                 action = self._outbox.popleft()
             try:
@@ -272,6 +275,13 @@ class Pump:
             return
         queued.append(action)
         if len(queued) >= BATCH_SENDS:
+            self._send_batch(loop)
+
+    def send_queued(self) -> None:
+        """Send now what coroutines of this thread's running loop have queued: the thread is about to block (a
+        sync call from a coroutine), and a call it waits on may depend on them."""
+        loop = asyncio.events._get_running_loop()
+        if loop is not None and self._batches.get(loop):
             self._send_batch(loop)
 
     def _send_batch(self, loop: Any, last: bool = False) -> None:

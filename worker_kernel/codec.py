@@ -123,7 +123,10 @@ def _load_families(cls: type) -> bool:
 # -- encoding -----------------------------------------------------------------------------------------------
 
 
-def encode(value: Any, buffers: list[Any]) -> Any:
+MAX_DEPTH = 80  # containers within containers: at most three JSON levels each, under orjson's limit of 254
+
+
+def encode(value: Any, buffers: list[Any], depth: int = 0) -> Any:
     """The JSON-able form of ``value``; binary parts are appended to ``buffers``."""
     cls = type(value)
     if cls is str or cls is bool or value is None:
@@ -132,11 +135,14 @@ def encode(value: Any, buffers: list[Any]) -> Any:
         return value if _INT_MIN <= value <= _INT_MAX else {TAG: "int", "v": str(value)}
     if cls is float:  # and JSON has no nan or infinity
         return value if _isfinite(value) else {TAG: "float", "v": repr(value)}
+    depth += 1
+    if depth > MAX_DEPTH:  # the same limit whichever JSON encoder the wire uses
+        raise RecursionError
     if cls is list:
         out = []
         for i, item in enumerate(value):
             try:
-                out.append(encode(item, buffers))
+                out.append(encode(item, buffers, depth))
             except _Miss as miss:
                 miss.path.append(f"[{i}]")
                 raise
@@ -146,7 +152,7 @@ def encode(value: Any, buffers: list[Any]) -> Any:
             plain = {}
             for k, item in value.items():
                 try:
-                    plain[k] = encode(item, buffers)
+                    plain[k] = encode(item, buffers, depth)
                 except _Miss as miss:
                     miss.path.append(f"[{k!r}]")
                     raise
@@ -154,7 +160,7 @@ def encode(value: Any, buffers: list[Any]) -> Any:
         pairs = []
         for k, item in value.items():
             try:
-                pairs.append([encode(k, buffers), encode(item, buffers)])
+                pairs.append([encode(k, buffers, depth), encode(item, buffers, depth)])
             except _Miss as miss:
                 miss.path.append(f"[{k!r}]")
                 raise
@@ -164,13 +170,13 @@ def encode(value: Any, buffers: list[Any]) -> Any:
         return {TAG: cls.__name__.lower(), "b": len(buffers) - 1}
     for base in _PLAIN[:3]:
         if isinstance(value, base):  # subclasses (IntEnum, numpy.float64, str enums) travel as their base
-            return encode(base(value), buffers)
+            return encode(base(value), buffers, depth - 1)
     marshaller = _lookup(value)
     if marshaller is None:
         raise _Miss(value)
     payload = marshaller.encode(value)
     try:
-        return {TAG: marshaller.tag, "v": encode(payload, buffers)}
+        return {TAG: marshaller.tag, "v": encode(payload, buffers, depth)}
     except _Miss as miss:
         if not miss.path:
             miss.path.append(f"<inside {type(value).__qualname__}>")
@@ -184,7 +190,9 @@ def encode_value(value: Any, buffers: list[Any], where: str) -> Any:
     except _Miss as miss:
         raise Unencodable(miss.type_name, where + "".join(reversed(miss.path))) from None
     except RecursionError:
-        raise TypeError(f"{where} is nested too deeply (or refers to itself) to be sent") from None
+        raise TypeError(
+            f"{where} is nested too deeply (over {MAX_DEPTH} levels, or refers to itself) to be sent"
+        ) from None
 
 
 # -- decoding -----------------------------------------------------------------------------------------------

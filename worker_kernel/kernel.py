@@ -420,15 +420,17 @@ class WorkerKernel:
                 self.iopub.socket: self.iopub.take_subscriptions,
             }
         deadline = None if timeout is None else time.monotonic() + timeout
-        while msg_id not in self._answers:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if wait == 0.0:
-                self._waiting.pop(msg_id, None)
-                raise CallTimeout(f"no answer from the broker within {timeout} s")
-            for sock, _ in self._nested.poll(None if wait is None else int(wait * 1000) + 1):
-                self._nested_handlers[sock]()
-        if self.loop is not None:  # polling here took the wake-ups that the loop's (edge-triggered) readers wait for
-            self.loop.call_soon(self._drain_all)
+        try:
+            while msg_id not in self._answers:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if wait == 0.0:
+                    self._waiting.pop(msg_id, None)
+                    raise CallTimeout(f"no answer from the broker within {timeout} s")
+                for sock, _ in self._nested.poll(None if wait is None else int(wait * 1000) + 1):
+                    self._nested_handlers[sock]()
+        finally:
+            if self.loop is not None:  # polling here took wake-ups that the loop's (edge-triggered) readers wait for
+                self.loop.call_soon(self._drain_all)
         return _answer(self._answers.pop(msg_id))
 
     async def abroker_request(self, content: dict[str, Any], buffers: list[Any], timeout: float | None) -> Any:

@@ -55,7 +55,10 @@ _stdlib_decode = json.JSONDecoder().decode
 
 
 def _dumps_stdlib(obj: Any) -> bytes:
-    return _stdlib_encode(obj).encode()
+    try:
+        return _stdlib_encode(obj).encode()
+    except UnicodeEncodeError:  # as orjson says it
+        raise TypeError("str is not valid UTF-8: surrogates not allowed") from None
 
 
 def _loads_stdlib(data: bytes) -> Any:

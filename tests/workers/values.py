@@ -105,5 +105,11 @@ def wait_for_file(path: str):
     return "released"
 
 
+def write_line(path: str, text: str) -> None:
+    """Write a line into a FIFO (waiting for its reader, as a FIFO does)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+
+
 def echo_print(text: str) -> None:
     print(text)
