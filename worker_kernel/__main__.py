@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
@@ -24,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--confined", type=int, metavar="FD", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if os.environ.get("WB_DEBUG"):
+        import logging
+
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s worker %(process)d %(name)s: %(message)s")
     if options.sandbox is not None:  # re-executes confined, or exits with the reason it cannot
         from .sandbox import confine_and_exec

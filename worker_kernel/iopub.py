@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import contextvars
 import io
-import logging
 import threading
 from collections import deque
 from typing import Any
 
 import zmq
 
+from .lazylog import LazyLogger
 from .wire import Session, has_message, send_frames
 
-log = logging.getLogger("worker_kernel")
+log = LazyLogger("worker_kernel")
 
 QUEUE_LIMIT = 1000  # messages held before the first subscriber; the oldest are dropped past this
 

@@ -15,7 +15,6 @@ tasks on the loop and interleave.
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import signal
 import sys
@@ -30,10 +29,11 @@ from . import __version__
 from .codec import Unencodable, decode_value, encode_value, exception_from_wire, exception_to_wire
 from .errors import CallTimeout
 from .iopub import IOPub, OutputStream, Request, current_request
+from .lazylog import LazyLogger
 from .runner import CallContext, CallRunner, current
 from .wire import WB_BROKER, Message, Session, WireError, recv_frames, reply_type, send_frames, use_orjson
 
-log = logging.getLogger("worker_kernel")
+log = LazyLogger("worker_kernel")
 
 Handler = Callable[[Message], None]
 

@@ -8,15 +8,15 @@ and sends back whatever it returns or raises.
 from __future__ import annotations
 
 import contextvars
-import logging
 from collections.abc import Callable
 from types import FunctionType, ModuleType
 from typing import Any, NamedTuple
 
 from .errors import NoSuchFunction
+from .lazylog import LazyLogger
 from .loader import load_module, module_name_for
 
-log = logging.getLogger("worker_kernel")
+log = LazyLogger("worker_kernel")
 
 
 class CallContext(NamedTuple):
