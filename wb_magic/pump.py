@@ -300,7 +300,7 @@ class Pump:
         me = threading.get_ident()
         with self._cv:
             if self._leader is not None:
-                return  # the leader dispatches everything, and kicks the loops when it leaves
+                return  # the leader dispatches everything, and has the loops look again when it leaves
             self._leader = me
         try:
             for _ in range(64):
@@ -318,6 +318,10 @@ class Pump:
                 if not ready:
                     break
                 self._dispatch(ready)
+            else:  # still busy after 64 passes: let the loop run its other callbacks, then come back
+                loop = asyncio.events._get_running_loop()
+                if loop is not None:
+                    loop.call_soon(self.turn)
         finally:
             self._step_down()
 
