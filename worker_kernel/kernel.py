@@ -37,7 +37,10 @@ log = LazyLogger("worker_kernel")
 
 Handler = Callable[[Message], None]
 
-IDLE_MS = 20  # quiet this long after start-up, a worker does what it put off to answer its first call sooner
+# What a worker puts off to answer its first call sooner (importing orjson), it does once it has been quiet for
+# IDLE_MS, or at the latest DEFERRED_S after it started serving, busy or not.
+IDLE_MS = 20
+DEFERRED_S = 0.5
 
 running: WorkerKernel | None = None  # the kernel of this process, once started (see `worker.broker_proxy`)
 
@@ -64,7 +67,7 @@ class WorkerKernel:
         self._answers: dict[str, Message] = {}
         self._last_idents: list[bytes] = []
         self._stdin_peers: set[bytes] = set()
-        self._fast_json = False  # the wire switches to orjson once the worker is first idle
+        self._fast_json = False  # the wire switches to orjson once the worker is first idle (see IDLE_MS)
         self._nested: zmq.Poller | None = None  # what a sync function waiting on the broker polls
         self._nested_handlers: dict[Any, Callable[[], None]] = {}
         self._main_thread = threading.get_ident()
@@ -138,11 +141,12 @@ class WorkerKernel:
         for source in handlers:
             poller.register(source, zmq.POLLIN)
         self._drain_all()
+        deferred_until = time.monotonic() + DEFERRED_S
         while not self._stopping and self.loop is None:
             ready = poller.poll(None if self._fast_json else IDLE_MS)
-            if not ready and not self._fast_json:
+            if not self._fast_json and (not ready or time.monotonic() > deferred_until):
                 self._fast_json = True
-                use_orjson()  # idle: the first call (if any was waiting) has had its answer
+                use_orjson()  # idle (the first call, if one was waiting, has had its answer), or busy for long
             for source, _ in ready:
                 handlers[source]()
 
