@@ -164,6 +164,28 @@ def test_registered_marshallers(values):
     assert values.echo(1) == 1
 
 
+class Denied(Exception):
+    """The host's twin of tests/workers/denied.py's type, registered under the same tag."""
+
+    def __init__(self, status, reason):
+        super().__init__(status, reason)
+        self.status, self.reason = status, reason
+
+
+def test_registered_exception_types_arrive_as_themselves(broker, workers_dir):
+    register_marshaller("test.denied", Denied, lambda e: [e.status, e.reason], lambda v: Denied(*v))
+    denied = broker.worker_proxy(workers_dir / "denied.py")
+    with pytest.raises(Denied) as info:
+        denied.deny(403)
+    assert (info.value.status, info.value.reason) == (403, "no entry")
+    assert "raise Denied(status" in info.value.remote_traceback
+    with pytest.raises(Denied) as info:  # raised in one worker, caught as itself in another, raised on
+        denied.deny_through(403)
+    assert (info.value.status, info.value.reason) == (404, "passed on: no entry")
+    with pytest.raises(RemoteError):  # a type the host has not registered is still a RemoteError
+        broker.worker_proxy(workers_dir / "values.py").raise_custom("custom")
+
+
 def test_builtin_exceptions_arrive_as_themselves(values):
     with pytest.raises(ValueError, match="bad value") as info:
         values.raise_builtin("ValueError", "bad value")

@@ -866,7 +866,7 @@ class WorkerBroker:
 # the clipboard (OSC 52): output keeps tabs and line breaks and loses every other control character.
 _CONTROL_CHARACTERS = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)])
 
-_RELAYED = ("status", "value", "ename", "emodule", "evalue", "eargs", "traceback")
+_RELAYED = ("status", "value", "ename", "emodule", "evalue", "eargs", "traceback", "wb_exception")
 
 
 def _discard_all(sock: zmq.Socket) -> int:

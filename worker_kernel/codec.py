@@ -283,13 +283,28 @@ def exception_to_wire(exc: BaseException, buffers: list[Any]) -> dict[str, Any]:
         args = encode_value(list(exc.args), buffers, "args")
     except TypeError:
         args = None
-    return {
+    fields = {
         "ename": cls.__qualname__,
         "emodule": cls.__module__,
         "evalue": str(exc),
         "eargs": args,
         "traceback": tb_lines,
     }
+    marshaller = _exception_marshaller(exc)
+    if marshaller is not None:  # a type registered with register_marshaller: it can be rebuilt as itself
+        try:
+            fields["wb_exception"] = {TAG: marshaller.tag, "v": encode_value(marshaller.encode(exc), buffers, "it")}
+        except Exception:
+            pass  # then it arrives as RemoteError, like any other type
+    return fields
+
+
+def _exception_marshaller(exc: BaseException) -> Marshaller | None:
+    """The marshaller registered for ``exc``'s type or a base of it, other than the codec's generic one."""
+    for marshaller in reversed(_families):
+        if marshaller.tag != "exception" and isinstance(exc, marshaller.types):
+            return marshaller
+    return None
 
 
 def exception_from_wire(content: dict[str, Any], buffers: list[Any]) -> BaseException:
@@ -300,7 +315,14 @@ def exception_from_wire(content: dict[str, Any], buffers: list[Any]) -> BaseExce
     tb = content.get("traceback")
     remote_tb = "".join(str(line) for line in tb) if isinstance(tb, list) else ""
     exc: BaseException | None = None
-    cls = getattr(builtins, name, None) if module == "builtins" and name not in _NOT_REBUILT else None
+    if "wb_exception" in content:  # a registered type: its marshaller rebuilds it (nothing else is built)
+        try:
+            rebuilt = decode_value(content["wb_exception"], buffers)
+        except Exception:
+            rebuilt = None
+        if isinstance(rebuilt, Exception):  # never SystemExit, KeyboardInterrupt and their kind
+            exc = rebuilt
+    cls = getattr(builtins, name, None) if exc is None and module == "builtins" and name not in _NOT_REBUILT else None
     if isinstance(cls, type) and issubclass(cls, Exception):
         args = content.get("eargs")
         try:

@@ -6,9 +6,9 @@ A module function of the example app answers a request by returning a value:
 - ``None`` is served as ``204 No Content``, a ``str`` as ``text/plain``, anything else as JSON.
 
 To answer from deep inside the code, raise ``HTTPError(403)`` (or ``HTTPError(Response(...))``) in a function
-decorated with `@endpoint`: the decorator turns the exception into its response in the worker itself. It is
-needed because a raised exception of a type that is not a Python built-in reaches the caller as a
-`RemoteError` that keeps only its message; a returned value crosses whole, through the marshaller below.
+decorated with `@endpoint`: the decorator turns the exception into its response in the worker itself, so
+that the handler in between sees a plain returned value. (An exception type registered with
+`register_marshaller` would cross as itself too; `HTTPError` is not, and needs no marshaller this way.)
 
 The marshaller is registered on import, under one tag, in every process that imports this module: the host,
 the trusted handler that relays the value, and the untrusted module that makes it. A `Response` arriving from
