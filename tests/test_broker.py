@@ -49,6 +49,16 @@ def test_async_proxies(broker, workers_dir):
     assert asyncio.run(main()) == ["Hello World", "Hello async", "Hello fn"]
 
 
+def test_sync_functions_may_use_asyncio_run_after_the_worker_started_its_loop(broker, workers_dir):
+    """The worker runs an event loop from its first ``async def`` call on; its sync functions still run as if
+    none were running, so asyncio.run() works in them before and after."""
+    loops = broker.worker_proxy(workers_dir / "loops.py")
+    assert loops.twice_with_asyncio_run(1) == 2
+    assert loops.atwice(2) == 4  # the worker's loop starts here
+    assert loops.twice_with_asyncio_run(3) == 6
+    assert loops.atwice(4) == 8  # and its own loop still serves
+
+
 def test_introspection_shows_the_remote_module(broker, workers_dir):
     hello = broker.worker_proxy(workers_dir / "hello.py")
     assert {"hello", "ahello"} <= set(dir(hello))

@@ -319,7 +319,7 @@ class WorkerKernel:
         try:
             self.runner.before(context)
             try:
-                value = fn(*args, **kwargs)
+                value = fn(*args, **kwargs) if self.loop is None else self._outside_loop(fn, args, kwargs)
             finally:
                 self.runner.after(context)
         except BaseException as exc:
@@ -334,6 +334,21 @@ class WorkerKernel:
             self._error_reply(self.shell, msg, error, request)
             return
         self._send_value(msg, request, value)
+
+    def _outside_loop(self, fn: Callable[..., Any], args: list, kwargs: dict) -> Any:
+        """Run a sync function as if no event loop ran on this thread, so that it may use ``asyncio.run()`` as
+        it could before the worker's first ``async def`` call started the loop. The loop cannot run meanwhile
+        anyway: a sync call holds the worker's main thread."""
+        import asyncio
+
+        running = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(None)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            asyncio.events._set_running_loop(running)
+            if running is not None:
+                asyncio.set_event_loop(running)  # asyncio.run() leaves the thread without a current loop
 
     async def _run_async(
         self, msg: Message, request: Request, context: CallContext, fn: Callable[..., Any], args: list, kwargs: dict
