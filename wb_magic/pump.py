@@ -265,7 +265,7 @@ class Pump:
 
         Calls that coroutines make together (``asyncio.gather``) leave together, so that ZeroMQ's I/O thread,
         once woken (a good part of what a send costs), finds several messages waiting; and the worker has work
-        from the first call on. Measured: pipelined calls about 30% faster than with one send a call.
+        from the first call on.
         """
         queued = self._batches.get(loop)
         if queued is None:
