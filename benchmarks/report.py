@@ -297,6 +297,9 @@ def markdown(results: Results, rows: list[dict[str, Any]], plot: str | None) -> 
         "and `--peers` to narrow it).",
         "- Where a hot call's time goes, host and worker side by side: `python -m benchmarks.profile [--mode "
         "pipelined]` (py-spy on both processes, which needs root or ptrace rights, then pyinstrument).",
+        "- Whether a change made wb-magic faster: `python -m benchmarks.ab REV [--pairs N]` runs this tree and "
+        "revision REV in alternation and compares medians; two runs of the suite minutes apart cannot tell 5% "
+        "from the machine's own drift (it has slow and fast phases of a fraction of a second).",
         "",
     ]
     return "\n".join(out)
