@@ -59,6 +59,16 @@ def test_sync_functions_may_use_asyncio_run_after_the_worker_started_its_loop(br
     assert loops.atwice(4) == 8  # and its own loop still serves
 
 
+def test_a_modules_own_logging_py_does_not_break_the_worker(broker, workers_dir):
+    """The worker imports logging only when it logs; by then a target module may have imported a logging.py of
+    its own, which the worker must not trip over (a reload logs, for one)."""
+    target = workers_dir / "shadow" / "uses_own_logging.py"
+    shadowed = broker.worker_proxy(target)
+    assert shadowed.log_and_count("one") == 1
+    broker.worker_import(target, cache_buster="v2")  # the worker logs the reload
+    assert shadowed.log_and_count("two") == 2  # the worker still serves (its logging.py stays imported)
+
+
 def test_introspection_shows_the_remote_module(broker, workers_dir):
     hello = broker.worker_proxy(workers_dir / "hello.py")
     assert {"hello", "ahello"} <= set(dir(hello))

@@ -99,3 +99,37 @@ def test_nesting_has_one_limit_whichever_json_encoder_the_wire_uses():
     assert decode_value(encoded, buffers) == deep
     with pytest.raises(TypeError, match="nested too deeply"):
         encode_value(nested(MAX_DEPTH + 1), [], "the result")
+
+
+def test_rebuilt_exceptions_are_fresh_exceptions_or_remote_errors():
+    """What a worker sends as a registered exception is rebuilt only as a new Exception instance; anything
+    else (a shared object, a StopIteration, a malformed value) falls back to RemoteError or a DecodeError."""
+    import dataclasses
+
+    from worker_kernel.codec import exception_from_wire, exception_to_wire, register_marshaller
+    from worker_kernel.errors import RemoteError
+
+    @dataclasses.dataclass(frozen=True)
+    class Frozen(Exception):
+        code: int
+
+    class Halt(StopIteration):
+        pass
+
+    shared = ValueError("shared")
+    register_marshaller("test.frozen", Frozen, lambda e: e.code, lambda v: Frozen(v))
+    register_marshaller("test.halt", Halt, lambda e: 0, lambda v: Halt())
+    register_marshaller("test.shared", LookupError, lambda e: 0, lambda v: shared)
+
+    def round_trip(exc):
+        buffers = []
+        return exception_from_wire({"status": "error", **exception_to_wire(exc, buffers)}, buffers)
+
+    frozen = round_trip(Frozen(7))  # refuses the remote_traceback attribute: rebuilt all the same
+    assert isinstance(frozen, Frozen) and frozen.code == 7
+    assert isinstance(round_trip(Halt()), RemoteError)
+    first, second = round_trip(LookupError("a")), round_trip(LookupError("b"))
+    assert first is shared  # handed out twice: the second time refused, and LookupError, a built-in, is rebuilt
+    assert second is not shared and type(second) is LookupError and second.args == ("b",)
+    with pytest.raises(DecodeError):
+        decode_value({"$w": "exception", "v": "not an object"}, [])

@@ -279,9 +279,11 @@ def exception_to_wire(exc: BaseException, buffers: list[Any]) -> dict[str, Any]:
     import traceback
 
     tb_lines = traceback.format_exception(exc)
+    kept = len(buffers)
     try:
         args = encode_value(list(exc.args), buffers, "args")
     except TypeError:
+        del buffers[kept:]  # frames of the args encoded before the one that failed
         args = None
     fields = {
         "ename": cls.__qualname__,
@@ -292,10 +294,11 @@ def exception_to_wire(exc: BaseException, buffers: list[Any]) -> dict[str, Any]:
     }
     marshaller = _exception_marshaller(exc)
     if marshaller is not None:  # a type registered with register_marshaller: it can be rebuilt as itself
+        kept = len(buffers)
         try:
             fields["wb_exception"] = {TAG: marshaller.tag, "v": encode_value(marshaller.encode(exc), buffers, "it")}
         except Exception:
-            pass  # then it arrives as RemoteError, like any other type
+            del buffers[kept:]  # then it arrives as RemoteError, like any other type
     return fields
 
 
@@ -320,7 +323,12 @@ def exception_from_wire(content: dict[str, Any], buffers: list[Any]) -> BaseExce
             rebuilt = decode_value(content["wb_exception"], buffers)
         except Exception:
             rebuilt = None
-        if isinstance(rebuilt, Exception):  # never SystemExit, KeyboardInterrupt and their kind
+        if (
+            isinstance(rebuilt, Exception)  # never SystemExit, KeyboardInterrupt and their kind
+            and not isinstance(rebuilt, (StopIteration, StopAsyncIteration))
+            and rebuilt.__traceback__ is None  # a fresh object, not one a decoder hands out twice
+            and not getattr(rebuilt, "__notes__", None)
+        ):
             exc = rebuilt
     cls = getattr(builtins, name, None) if exc is None and module == "builtins" and name not in _NOT_REBUILT else None
     if isinstance(cls, type) and issubclass(cls, Exception):
@@ -339,9 +347,12 @@ def exception_from_wire(content: dict[str, Any], buffers: list[Any]) -> BaseExce
         except (DecodeError, TypeError):
             args = None
         exc = RemoteError(qual, message, remote_tb, tuple(args) if isinstance(args, list) else ())
-    exc.remote_traceback = remote_tb  # type: ignore[attr-defined]
-    if remote_tb:
-        exc.add_note("Remote traceback (from the worker):\n" + remote_tb.rstrip())
+    try:  # a registered type may refuse new attributes (a frozen dataclass, __slots__)
+        exc.remote_traceback = remote_tb  # type: ignore[attr-defined]
+        if remote_tb:
+            exc.add_note("Remote traceback (from the worker):\n" + remote_tb.rstrip())
+    except Exception:
+        pass
     return exc
 
 
@@ -370,6 +381,8 @@ def _holds_frames(data: Any) -> bool:
 
 
 def _exception_decode(payload: dict[str, Any]) -> BaseException:
+    if type(payload) is not dict:
+        raise DecodeError("an exception value must be an object")
     return exception_from_wire(payload, [])
 
 

@@ -200,8 +200,15 @@ class WorkerKernel:
         return None
 
     def _drain_shell(self) -> None:
+        """Take every waiting shell message (asyncio mode: the loop's reader, and after a nested wait)."""
         while (msg := self._receive(self.shell)) is not None:
             self._handle_shell(msg)
+        if self.loop is not None and self.loop.is_running():
+            import asyncio
+
+            # we run in a callback of the loop: make sure it still counts as running, even if an interrupt
+            # landed while a sync function ran outside it (see _outside_loop)
+            asyncio.events._set_running_loop(self.loop)
 
     def _next_shell(self) -> None:
         msg = self._receive(self.shell, polled=True)
@@ -347,8 +354,7 @@ class WorkerKernel:
             return fn(*args, **kwargs)
         finally:
             asyncio.events._set_running_loop(running)
-            if running is not None:
-                asyncio.set_event_loop(running)  # asyncio.run() leaves the thread without a current loop
+            asyncio.set_event_loop(running or self.loop)  # asyncio.run() leaves the thread without one
 
     async def _run_async(
         self, msg: Message, request: Request, context: CallContext, fn: Callable[..., Any], args: list, kwargs: dict
