@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -117,6 +118,21 @@ def test_worker_exits_when_its_host_dies(tmp_path, workers_dir):
         "os.kill(os.getpid(), 9)\n"
     )
     _assert_worker_ends_with_its_host(script)
+
+
+def test_a_worker_whose_host_ended_before_it_started_exits(tmp_path):
+    """A warm worker can still be starting when its host quits: it must not run on, an orphan."""
+    from jupyter_client.connect import write_connection_file
+
+    connection_file, _ = write_connection_file(str(tmp_path / "kernel.json"), key=b"k")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a host that has ended
+    env = {**os.environ, "JPY_PARENT_PID": str(gone.pid)}
+    worker = subprocess.Popen([sys.executable, "-m", "worker_kernel", "-f", connection_file], env=env)
+    try:
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
 
 
 def _assert_worker_ends_with_its_host(script: str) -> None:

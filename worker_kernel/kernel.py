@@ -613,6 +613,9 @@ def _watch_parent() -> None:
         return
     try:
         fd = os.pidfd_open(pid)
+    except ProcessLookupError:  # it ended while this worker started (a warm worker of a host that quit, say)
+        log.warning("the process that launched this worker (%d) has already ended; exiting", pid)
+        os._exit(0)
     except (OSError, AttributeError):
         log.warning("cannot watch the parent process %d; this worker may outlive it", pid)
         return
