@@ -72,3 +72,18 @@ def test_worker_import_without_buster_just_imports(tmp_path):
         broker.worker_import(module)
         broker.worker_import(module)
     assert (tmp_path / "ran").read_text() == "x"
+
+
+def test_aworker_import_starts_and_reloads_from_a_coroutine(broker, workers_dir):
+    import asyncio
+
+    target = workers_dir / "stateful.py"
+
+    async def main():
+        await broker.aworker_import(target)  # starts the worker and imports: the loop serves on meanwhile
+        stateful = broker.worker_proxy(target, asynchronous=True)
+        first = await stateful.executed()
+        await broker.aworker_import(target, cache_buster="2")
+        return first, await stateful.executed()
+
+    assert asyncio.run(main()) == (1, 2)

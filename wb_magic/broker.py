@@ -155,6 +155,14 @@ class WorkerBroker:
         call = self._round_trip(module, segregation_id, WB_IMPORT, content, [], "<import>", timeout)
         self._outcome(call)
 
+    async def aworker_import(self, target: Target, cache_buster: Any = None, *, timeout: float | None = None) -> None:
+        """`worker_import` for coroutines: the event loop serves on while the worker starts and imports."""
+        module, segregation_id = self._resolve(target)
+        if cache_buster:
+            self._busters[module] = str(cache_buster)
+        content = {"module": module, "cache_buster": self._busters.get(module)}
+        self._outcome(await self._around_trip(module, segregation_id, WB_IMPORT, content, [], "<import>", timeout))
+
     def remove_worker(self, target: Target) -> bool:
         """Shut down the worker of ``target``; its pending calls fail with `WorkerDied`. False if none ran."""
         module, segregation_id = self._resolve(target)
@@ -262,6 +270,21 @@ class WorkerBroker:
         module, segregation_id = target
         buffers: list[Any] = []
         content = self._call_content(module, segregation_id, function, args, kwargs, buffers)
+        return self._outcome(
+            await self._around_trip(module, segregation_id, WB_CALL, content, buffers, function, timeout)
+        )
+
+    async def _around_trip(
+        self,
+        module: str,
+        segregation_id: str | None,
+        msg_type: str,
+        content: dict[str, Any],
+        buffers: list[Any],
+        function: str,
+        timeout: float | None,
+    ) -> Call:
+        """`_round_trip` for coroutines: the loop itself leads the pump while the reply is awaited."""
         loop = asyncio.get_running_loop()
         timeout = self.call_timeout if timeout is None else timeout
         for _ in range(UNSENT_RETRIES + 1):
@@ -273,7 +296,7 @@ class WorkerBroker:
             call.future = future = loop.create_future()
             self._pump.serve_loop(loop)
             self._pump.async_started()
-            self._pump.batch(loop, self._send_call(worker, call, WB_CALL, content, buffers))
+            self._pump.batch(loop, self._send_call(worker, call, msg_type, content, buffers))
             timer = None if timeout is None else loop.call_later(timeout, _time_out, future)
             try:
                 await future
@@ -289,7 +312,7 @@ class WorkerBroker:
                     timer.cancel()
             if not call.unsent:
                 break
-        return self._outcome(call)
+        return call
 
     def describe(self, target: Any) -> tuple[Any, dict[str, Any]]:
         module, segregation_id = target

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.responses import Response as HTTPResponse
@@ -190,7 +189,7 @@ def create_app(broker: WorkerBroker) -> Starlette:
             return PlainTextResponse(f"No module {name!r}", status_code=404)
         buster = str(time.time_ns())
         try:
-            await run_in_threadpool(broker.worker_import, path, buster, timeout=RELOAD_TIMEOUT)
+            await broker.aworker_import(path, buster, timeout=RELOAD_TIMEOUT)
         except (WorkerDied, WorkerStartError) as exc:
             log.warning("reloading %s: %s", name, exc)
             return PlainTextResponse(f"The worker of {name!r} died", status_code=502)
