@@ -538,3 +538,26 @@ def test_kernel_shutdown_terminates_its_workers(workers_dir):
     gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=30)
     assert alive == []
     assert os.path.isdir(workers_dir)
+
+
+def test_cell_folders_of_killed_sessions_are_removed(tmp_path, monkeypatch):
+    """A kernel that was killed leaves its %%wb_module folder behind; the next session's first cell removes
+    the folders of processes that no longer run, and no other."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from wb_magic import magics
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    orphan = tmp_path / f"{magics.CELLS_PREFIX}{ended.pid}-abc"
+    alive = tmp_path / f"{magics.CELLS_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{magics.CELLS_PREFIX}notapid-ghi"
+    for folder in (orphan, alive, other):
+        folder.mkdir()
+        (folder / "cell.py").write_text("x = 1\n")
+    magics._remove_orphaned_cells()
+    assert not orphan.exists()
+    assert alive.exists() and other.exists()

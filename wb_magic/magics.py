@@ -53,7 +53,7 @@ from .worker import WorkerInfo
 
 __all__ = ["WorkerBrokerMagics", "get_broker", "load_ipython_extension", "unload_ipython_extension"]
 
-CELLS_PREFIX = "wb_magic-cells-"  # the per-session folder of %%wb_module cells: <tmp>/wb_magic-cells-<random>/
+CELLS_PREFIX = "wb_magic-cells-"  # the per-session folder of %%wb_module cells: <tmp>/wb_magic-cells-<pid>-<random>/
 
 # -- the session's broker -------------------------------------------------------------------------------------
 
@@ -79,6 +79,23 @@ def _close_broker() -> None:
 
 
 atexit.register(_close_broker)  # a kernel that shuts down exits the process: its workers go with it
+
+
+def _remove_orphaned_cells() -> None:
+    """Delete the cell folders of sessions that were killed before they could clean up: ours (same user), named
+    after a process that no longer runs."""
+    root = Path(tempfile.gettempdir())
+    for folder in root.glob(f"{CELLS_PREFIX}*-*"):
+        pid = folder.name[len(CELLS_PREFIX) :].partition("-")[0]
+        try:
+            info = folder.lstat()
+            if not pid.isdigit() or info.st_uid != os.getuid() or not folder.is_dir() or folder.is_symlink():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # gone meanwhile, or a process we may not signal: it lives
+            continue
 
 
 # -- loading the extension ------------------------------------------------------------------------------------
@@ -257,7 +274,8 @@ class WorkerBrokerMagics(Magics):
 
     def _cells_folder(self) -> Path:
         if self._cells_dir is None:
-            self._cells_dir = Path(tempfile.mkdtemp(prefix=CELLS_PREFIX))
+            _remove_orphaned_cells()
+            self._cells_dir = Path(tempfile.mkdtemp(prefix=f"{CELLS_PREFIX}{os.getpid()}-"))
             tempdirs = getattr(self.shell, "tempdirs", None)
             if isinstance(tempdirs, list):
                 tempdirs.append(self._cells_dir)  # IPython deletes it when the session ends
