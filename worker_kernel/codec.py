@@ -296,7 +296,10 @@ def exception_to_wire(exc: BaseException, buffers: list[Any]) -> dict[str, Any]:
     if marshaller is not None:  # a type registered with register_marshaller: it can be rebuilt as itself
         kept = len(buffers)
         try:
-            fields["wb_exception"] = {TAG: marshaller.tag, "v": encode_value(marshaller.encode(exc), buffers, "it")}
+            fields["wb_exception"] = {
+                TAG: marshaller.tag,
+                "v": encode_value(marshaller.encode(exc), buffers, "the exception"),
+            }
         except Exception:
             del buffers[kept:]  # then it arrives as RemoteError, like any other type
     return fields

@@ -68,8 +68,6 @@ class WorkerKernel:
         self._last_idents: list[bytes] = []
         self._stdin_peers: set[bytes] = set()
         self._fast_json = False  # the wire switches to orjson once the worker is first idle (see IDLE_MS)
-        self._nested: zmq.Poller | None = None  # what a sync function waiting on the broker polls
-        self._nested_handlers: dict[Any, Callable[[], None]] = {}
         self._main_thread = threading.get_ident()
         self.shell_handlers: dict[str, Handler] = {
             "kernel_info_request": self._kernel_info,
@@ -109,6 +107,15 @@ class WorkerKernel:
         self.control = self._bind(zmq.ROUTER, "control")
         iopub = self._bind(zmq.XPUB, "iopub")
         self.iopub = IOPub(iopub, self.session)
+        # what a sync function waiting on the broker polls, and what it does with each ready socket
+        self._nested = zmq.Poller()
+        self._nested_handlers: dict[Any, Callable[[], None]] = {
+            self.shell: self._next_shell,
+            self.stdin: self._drain_stdin,
+            self.iopub.socket: self.iopub.take_subscriptions,
+        }
+        for sock in self._nested_handlers:
+            self._nested.register(sock, zmq.POLLIN)
         heartbeat = self._bind(zmq.REP, "hb")
         threading.Thread(target=_echo, args=(heartbeat,), name="wb-heartbeat", daemon=True).start()
         threading.Thread(target=self._serve_control, name="wb-control", daemon=True).start()
@@ -256,10 +263,8 @@ class WorkerKernel:
                 buffers=buffers or (),
                 idents=request.idents,
             )
-        except (
-            TypeError,
-            ValueError,
-        ) as exc:  # a str that JSON cannot carry (a lone surrogate): say so, never go quiet
+        except (TypeError, ValueError) as exc:
+            # a str that JSON cannot carry (a lone surrogate): say so rather than leave the caller waiting
             error = {"status": "error", **exception_to_wire(TypeError(f"the reply could not be encoded: {exc}"), [])}
             if type(content.get("outputs")) is int:
                 error["outputs"] = content["outputs"]
@@ -435,15 +440,6 @@ class WorkerKernel:
         if threading.get_ident() != self._main_thread:
             raise RuntimeError("worker-to-worker calls are made from the worker's main thread (or its event loop)")
         msg_id = self._broker_message(content, buffers)
-        if self._nested is None:
-            self._nested = zmq.Poller()
-            for sock in (self.shell, self.stdin, self.iopub.socket):
-                self._nested.register(sock, zmq.POLLIN)
-            self._nested_handlers = {
-                self.shell: self._next_shell,
-                self.stdin: self._drain_stdin,
-                self.iopub.socket: self.iopub.take_subscriptions,
-            }
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while msg_id not in self._answers:
