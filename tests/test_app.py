@@ -286,6 +286,10 @@ def attempt(what, arg):
     try:
         if what == "read":
             return open(arg).read()[:10]
+        if what == "list":
+            return os.listdir(arg)
+        if what == "import":
+            return __import__(arg).SECRET
         if what == "connect":
             socket.create_connection(("127.0.0.1", int(arg)), timeout=5).close()
         if what == "env":
@@ -303,6 +307,8 @@ def test_an_untrusted_worker_reads_only_its_module_and_lib(tmp_path, upstream):
     Calls into other modules go through the app's constructor, which refuses anything but the app's workers."""
     module = tmp_path / "escapes.py"
     module.write_text(textwrap.dedent(ESCAPES))
+    neighbour = tmp_path / "neighbour.py"  # another untrusted module in the same folder: not each other's
+    neighbour.write_text("SECRET = 'the neighbour'\n")
     app_construct = worker_constructor(upstream.url)
 
     def construct(name: str, segregation_id: str | None) -> WorkerSpec:
@@ -314,8 +320,11 @@ def test_an_untrusted_worker_reads_only_its_module_and_lib(tmp_path, upstream):
         assert escapes.imports() == ["state", "Response"]
         assert escapes.attempt("read", str(module)).startswith("\nimport os")
         assert escapes.attempt("read", str(LIB_DIR / "state.py")).startswith('"""A piece')
-        for forbidden in (HANDLER, UNTRUSTED_DIR / "test1.py", REPO / "pyproject.toml", "/etc/passwd"):
+        for forbidden in (HANDLER, neighbour, UNTRUSTED_DIR / "test1.py", REPO / "pyproject.toml", "/etc/passwd"):
             assert escapes.attempt("read", str(forbidden)).startswith("PermissionError"), forbidden
+        for folder in (tmp_path, UNTRUSTED_DIR, REPO):
+            assert escapes.attempt("list", str(folder)).startswith("PermissionError"), folder
+        assert escapes.attempt("import", "neighbour").startswith("ModuleNotFoundError")
         assert escapes.attempt("connect", port).startswith("PermissionError")
         assert "WB_APP_UPSTREAM" not in escapes.attempt("env", "")
         refused = escapes.attempt("broker", "subprocess")

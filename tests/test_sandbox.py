@@ -190,6 +190,43 @@ def test_writing_outside_its_paths_is_denied(sandbox, files):
     assert secret.stat().st_mode == mode
 
 
+def test_the_modules_beside_its_own_are_out_of_reach(sandbox):
+    """Another tenant's module in the same folder: not readable, not listable, not importable."""
+    neighbour = UNTRUSTED / "neighbour.py"
+    _, attacks = sandbox(Permissions(read=[ATTACKS], ffi=True))
+    with pytest.raises(PermissionError) as excinfo:
+        attacks.read_file(str(neighbour))
+    _permission_error(excinfo, "read")
+    with pytest.raises(PermissionError):
+        attacks.list_dir(str(UNTRUSTED))
+    with pytest.raises(ModuleNotFoundError):
+        attacks.import_module("neighbour")
+    assert str(UNTRUSTED) not in attacks.sys_path()
+    assert attacks.libc_open(str(neighbour)) == "EACCES"  # the kernel's answer, around the audit hook
+    assert attacks.read_file(ATTACKS).startswith('"""Escape attempts')  # its own module it reads
+
+
+def test_a_package_reads_its_own_folder_and_hooks_their_own_file(sandbox, tmp_path):
+    package = tmp_path / "untrusted" / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "import os\n\ndef data():\n    return open(os.path.join(os.path.dirname(__file__), 'data.txt')).read()\n"
+    )
+    (package / "data.txt").write_text("the package's own data")
+    (tmp_path / "untrusted" / "other.py").write_text("SECRET = 1\n")
+    (tmp_path / "hooks_dir").mkdir()
+    (tmp_path / "hooks_dir" / "beside_the_hooks.txt").write_text("not for workers")
+    hooks = tmp_path / "hooks_dir" / "hooks.py"
+    hooks.write_text((WORKERS / "hooks.py").read_text())
+    broker, attacks = sandbox(Permissions(), hooks=str(hooks))
+    assert attacks.hello("x") == "Hello x"
+    assert broker.worker_proxy(package / "__init__.py").data() == "the package's own data"
+    for denied in (tmp_path / "untrusted" / "other.py", tmp_path / "hooks_dir" / "beside_the_hooks.txt"):
+        with pytest.raises(PermissionError):
+            attacks.read_file(str(denied))
+    assert attacks.read_file(str(hooks)).startswith('"""Entry hooks')
+
+
 def test_libc_open_and_chmod_are_denied_by_the_kernel(sandbox, files):
     secret, readable, writable = files
     _, attacks = sandbox(Permissions(read=[ATTACKS, readable], write=[writable], ffi=True))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,10 +26,10 @@ def main(argv: list[str] | None = None) -> None:
 
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s worker %(process)d %(name)s: %(message)s")
     if options.sandbox is not None:  # re-executes confined, or exits with the reason it cannot
-        from .sandbox import confine_and_exec
+        from .sandbox import confine_and_exec, confined_command
 
-        command = [sys.executable, "-s", "-B", "-m", "worker_kernel", "-f", options.connection_file]
-        confine_and_exec(options.sandbox, options.connection_file, command + _hooks_args(options.hooks))
+        command = confined_command(options.connection_file, options.hooks)
+        confine_and_exec(options.sandbox, options.connection_file, command)
     confinement = None
     if options.confined is not None:
         from .sandbox import Confinement
@@ -56,10 +55,6 @@ def main(argv: list[str] | None = None) -> None:
         confinement.adopt(kernel)
     kernel.start()
     kernel.run()
-
-
-def _hooks_args(hooks: str | None) -> list[str]:
-    return ["--hooks", hooks] if hooks else []
 
 
 if __name__ == "__main__":

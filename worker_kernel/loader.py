@@ -19,6 +19,16 @@ from typing import Union
 
 ModuleSpec = Union[str, os.PathLike]
 
+# Whether a module file's folder goes on ``sys.path`` when it is loaded. A sandboxed worker turns this off
+# (`isolate_module_folders`): the modules beside its own are other tenants', which it may neither read nor import.
+_module_folders_on_path = True
+
+
+def isolate_module_folders() -> None:
+    """From now on, loading a module file does not put its folder on ``sys.path`` (a sandboxed worker)."""
+    global _module_folders_on_path
+    _module_folders_on_path = False
+
 
 def is_file_spec(spec: str) -> bool:
     return spec.startswith("file://") or spec.endswith(".py") or os.sep in spec or spec.startswith(".")
@@ -68,14 +78,15 @@ def load_module(canonical: str, *, fresh: bool = False) -> ModuleType:
     """Import the module. With ``fresh``, execute its current source again in a new module object.
 
     The module's own directory goes first on ``sys.path``, as when a script runs, so that it can import the
-    modules beside it; those stay imported across re-executions (they are dependencies, not the target).
+    modules beside it; those stay imported across re-executions (they are dependencies, not the target). Not in
+    a sandboxed worker (`isolate_module_folders`): it imports what its ``sys.path`` holds, nothing beside it.
     """
     path = source_path(canonical)
-    if is_file_spec(canonical):
+    if is_file_spec(canonical) and _module_folders_on_path:
         folder = os.path.dirname(path)
         if folder not in sys.path:
             sys.path.insert(0, folder)
-    elif not fresh:
+    elif not is_file_spec(canonical) and not fresh:
         return importlib.import_module(canonical)
     name = module_name_for(canonical)
     taken = sys.modules.get(name)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from .loader import isolate_module_folders
 from .permissions import REFUSED_EXIT_CODE, Permissions, SandboxConfig, refusal_file
 
 # -- constants (linux/landlock.h, linux/seccomp.h, linux/capability.h, linux/prctl.h, asm/unistd_64.h) -----------
@@ -341,6 +342,14 @@ def allows(rules: Iterable[Rule], path: str, right: int) -> bool:
     return False
 
 
+def own_files(module_file: str) -> str:
+    """What a sandboxed worker may read of its own module: the file alone, or for a package (its
+    ``__init__.py``) the package's folder. Never the folder around a module: the modules beside it are other
+    tenants' code and secrets."""
+    real = _real(module_file)
+    return os.path.dirname(real) if os.path.basename(real) == "__init__.py" else real
+
+
 def _elf_interpreter(path: str) -> str | None:
     """The program interpreter (PT_INTERP) of an ELF executable: ld.so, which execve opens too."""
     try:
@@ -374,11 +383,11 @@ def _site_dirs() -> set[str]:
     return paths
 
 
-def runtime_paths() -> tuple[list[str], list[str], list[str]]:
-    """What a fresh interpreter needs to start and serve: (readable paths, executable files, folders it must
-    list). The standard library, the environment's site-packages and its ``pyvenv.cfg``, this package and
-    pyzmq, the shared libraries this process has mapped, the system's library folders (where extension modules
-    find theirs), the dynamic linker's cache, the time zone and the C.UTF-8 locale."""
+def runtime_paths() -> tuple[list[str], list[str]]:
+    """What a fresh interpreter needs to start and serve: (readable paths, executable files). The standard
+    library, the environment's site-packages and its ``pyvenv.cfg``, this package and pyzmq, the shared
+    libraries this process has mapped, the system's library folders (where extension modules find theirs), the
+    dynamic linker's cache, the time zone and the C.UTF-8 locale."""
     read = _site_dirs()
     import importlib.util
 
@@ -402,9 +411,7 @@ def runtime_paths() -> tuple[list[str], list[str], list[str]]:
     if interpreter:
         execute.append(_real(interpreter))
     read.update(execute)
-    # `python -m worker_kernel` must find the package: in a development install, listing its parent folder
-    listed = [] if any(_within(package, _real(s)) for s in _site_dirs()) else [os.path.dirname(package)]
-    return sorted(p for p in read if p and os.path.exists(p)), execute, listed
+    return sorted(p for p in read if p and os.path.exists(p)), execute
 
 
 def _mapped_files() -> set[str]:
@@ -513,20 +520,18 @@ class Plan:
         write_hide = [*protected, "/dev", "/proc", "/sys"]
         execute = FS_EXECUTE if p.run else 0
         rules: list[Rule] = []
-        readable, executables, listed = runtime_paths()
+        readable, executables = runtime_paths()
         self.runtime = readable
         for path in readable:
             rules += _grant(path, READ | execute, hide)
         for path in executables:
             rules += _grant(path, FS_READ_FILE | FS_EXECUTE, hide)
-        for path in listed:
-            rules += _grant(path, FS_READ_DIR, hide)
         for path in DEVICES:
             rules += _grant(path, FS_READ_FILE, [])
         rules += _grant("/dev/null", FS_READ_FILE | FS_WRITE_FILE | FS_TRUNCATE, [])
-        for own in (self.config.module, self.hooks_file):  # its own module's folder, and its hooks'
+        for own in (self.config.module, self.hooks_file):  # its own module and its hooks, not their folders
             if own and os.path.exists(own):
-                rules += _grant(own if os.path.isdir(own) else os.path.dirname(own), READ | execute, hide)
+                rules += _grant(own_files(own), READ | execute, hide)
         for path in _granted(p.read):
             rules += _grant(path, READ | execute, hide)
         for path in _granted(p.write):
@@ -587,6 +592,24 @@ def confine_and_exec(config_text: str, connection_file: str, argv: list[str]) ->
         _exec(plan, [*argv, "--confined", str(brief)])
     except Exception as exc:
         refuse(connection_file, f"the worker's sandbox: {exc}")
+
+
+# The confined image loads this package from its folder, by path: found through ``sys.path`` (``-m``), a
+# development install would need its parent folder listable, and with it every folder of the project beneath.
+_BOOTSTRAP = """import importlib.util, sys
+spec = importlib.util.spec_from_file_location("worker_kernel", sys.argv.pop(1))
+sys.modules["worker_kernel"] = module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+from worker_kernel.__main__ import main
+main()
+"""
+
+
+def confined_command(connection_file: str, hooks: str | None) -> list[str]:
+    """The command of the confined image (without its ``--confined FD``)."""
+    init = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__init__.py")
+    hooks_args = ["--hooks", hooks] if hooks else []
+    return [sys.executable, "-s", "-B", "-c", _BOOTSTRAP, init, "-f", connection_file, *hooks_args]
 
 
 def refuse(connection_file: str | None, reason: str) -> NoReturn:
@@ -933,6 +956,7 @@ class Confinement:
     def install(self) -> None:
         """The audit hook, and the warning if anything is not enforced. Before any target import."""
         sys.dont_write_bytecode = True
+        isolate_module_folders()  # the modules beside its own are not its to import
         if self.config.permissions is not None:
             sys.addaudithook(AuditHook(self.config.permissions, self.rules).hook)
         if self.unenforced:

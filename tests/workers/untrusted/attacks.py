@@ -315,6 +315,10 @@ def plant_library(source: str, folder: str) -> str:
     return "imported"
 
 
+def sys_path() -> list:
+    return list(sys.path)
+
+
 # -- what the worker is made of -------------------------------------------------------------------------------------
 
 
