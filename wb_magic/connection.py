@@ -2,7 +2,8 @@
 
 Every connection is opened by the broker (the kernel binds, the broker connects), so a worker on another host
 needs no route back. Shell and stdin share one routing identity, as jupyter_client arranges it, so that the
-worker can address its stdin requests to us.
+worker can address its stdin requests to us. A connection file with CurveZMQ keys makes every socket a Curve
+client of the kernel's public key (`worker_kernel.transport`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import zmq
 
+from worker_kernel.transport import connect_curve, curve_keys
 from worker_kernel.wire import Session
 
 # ZeroMQ retries a refused connection after RECONNECT_IVL (100 ms by default). A worker binds its sockets some
@@ -36,6 +38,8 @@ class WorkerConnection:
         self.info = info
         key = info.get("key", b"")
         self.session = Session(key if isinstance(key, bytes) else str(key).encode())
+        keys = curve_keys(info)
+        self.server_key = keys[0] if keys is not None else None
         self.shell = self._connect(context, zmq.DEALER, "shell", identity)
         self.stdin = self._connect(context, zmq.DEALER, "stdin", identity)
         self.control = self._connect(context, zmq.DEALER, "control", identity)
@@ -57,6 +61,8 @@ class WorkerConnection:
         sock.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
         if identity is not None:
             sock.setsockopt(zmq.IDENTITY, identity)
+        if self.server_key is not None:
+            connect_curve(sock, self.server_key)
         transport = self.info.get("transport", "tcp")
         ip = self.info.get("ip", "127.0.0.1")
         port = self.info[f"{channel}_port"]

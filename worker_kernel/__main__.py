@@ -20,6 +20,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--sandbox", metavar="JSON", help="confine the worker first (a wb-magic SandboxConfig)")
     parser.add_argument("--confined", type=int, metavar="FD", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        help="listen on a network address without CurveZMQ keys (refused by default)",
+    )
+    parser.add_argument(
+        "--broker-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="exit when no heartbeat came from the broker for this long (for workers on other hosts)",
+    )
     options = parser.parse_args(argv)
     if os.environ.get("WB_DEBUG"):
         import logging
@@ -28,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     if options.sandbox is not None:  # re-executes confined, or exits with the reason it cannot
         from .sandbox import confine_and_exec, confined_command
 
-        command = confined_command(options.connection_file, options.hooks)
+        command = confined_command(options.connection_file, options.hooks) + _transport_args(options)
         confine_and_exec(options.sandbox, options.connection_file, command)
     confinement = None
     if options.confined is not None:
@@ -50,11 +61,24 @@ def main(argv: list[str] | None = None) -> None:
         spec, _, name = options.hooks.partition(":")
         module = load_module(resolve_module(spec))
         hooks = getattr(module, name) if name else module
-    kernel = WorkerKernel(connection, hooks=hooks)
+    try:
+        kernel = WorkerKernel(
+            connection, hooks=hooks, allow_plaintext=options.allow_plaintext, broker_timeout=options.broker_timeout
+        )
+    except ValueError as exc:  # a refused transport, an unsupported signature scheme: say why, exit non-zero
+        sys.exit(f"wb-magic worker: {exc}")
     if confinement is not None:
         confinement.adopt(kernel)
     kernel.start()
     kernel.run()
+
+
+def _transport_args(options: argparse.Namespace) -> list[str]:
+    """The transport options the confined image is started with again."""
+    args = ["--allow-plaintext"] if options.allow_plaintext else []
+    if options.broker_timeout is not None:
+        args += ["--broker-timeout", str(options.broker_timeout)]
+    return args
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from .errors import CallTimeout
 from .iopub import IOPub, OutputStream, Request, current_request
 from .lazylog import LazyLogger
 from .runner import CallContext, CallRunner, current
+from .transport import check, serve_curve
 from .wire import WB_BROKER, Message, Session, WireError, recv_frames, reply_type, send_frames, use_orjson
 
 log = LazyLogger("worker_kernel")
@@ -46,12 +47,27 @@ running: WorkerKernel | None = None  # the kernel of this process, once started 
 
 
 class WorkerKernel:
-    """One worker process. ``connection`` is the connection-file dict; ``hooks`` see `CallRunner`."""
+    """One worker process. ``connection`` is the connection-file dict; ``hooks`` see `CallRunner`.
 
-    def __init__(self, connection: dict[str, Any], *, hooks: Any = None) -> None:
+    With CurveZMQ keys in ``connection`` every socket is encrypted (`transport`); without them a worker refuses
+    to listen on a network address unless ``allow_plaintext``. ``broker_timeout`` (seconds): exit when no
+    heartbeat came from the broker for that long (a worker on another host, where its broker cannot be watched
+    as a process).
+    """
+
+    def __init__(
+        self,
+        connection: dict[str, Any],
+        *,
+        hooks: Any = None,
+        allow_plaintext: bool = False,
+        broker_timeout: float | None = None,
+    ) -> None:
         scheme = connection.get("signature_scheme", "hmac-sha256")
         if scheme != "hmac-sha256":
             raise ValueError(f"unsupported signature scheme {scheme!r}")
+        self.curve = check(connection, allow_plaintext)
+        self.broker_timeout = broker_timeout
         self.connection = connection
         self.session = Session(str(connection.get("key", "")).encode(), username="wb-worker")
         self.runner = CallRunner(hooks)
@@ -93,6 +109,8 @@ class WorkerKernel:
     def _bind(self, socket_type: int, channel: str) -> zmq.Socket:
         sock = self.context.socket(socket_type)
         sock.linger = 200
+        if self.curve is not None:
+            serve_curve(sock, self.curve)
         address = f"{self.connection.get('transport', 'tcp')}://{self.connection.get('ip', '127.0.0.1')}"
         port = self.connection.get(f"{channel}_port")
         sock.bind(f"{address}:{port}" if self.connection.get("transport", "tcp") == "tcp" else f"{address}-{port}")
@@ -117,7 +135,9 @@ class WorkerKernel:
         for sock in self._nested_handlers:
             self._nested.register(sock, zmq.POLLIN)
         heartbeat = self._bind(zmq.REP, "hb")
-        threading.Thread(target=_echo, args=(heartbeat,), name="wb-heartbeat", daemon=True).start()
+        threading.Thread(
+            target=_echo, args=(heartbeat, self.broker_timeout), name="wb-heartbeat", daemon=True
+        ).start()
         threading.Thread(target=self._serve_control, name="wb-control", daemon=True).start()
         sys.stdout = OutputStream("stdout", self.iopub)
         sys.stderr = OutputStream("stderr", self.iopub)
@@ -592,11 +612,18 @@ def _flush_streams() -> None:
             stream.flush()
 
 
-def _echo(sock: zmq.Socket) -> None:
+def _echo(sock: zmq.Socket, broker_timeout: float | None = None) -> None:
+    """Answer heartbeats; with ``broker_timeout``, end the process when none came for that long."""
     try:
-        zmq.proxy(sock, sock)
+        if broker_timeout is None:
+            zmq.proxy(sock, sock)
+            return
+        while sock.poll(int(broker_timeout * 1000)):
+            sock.send_multipart(sock.recv_multipart())
     except zmq.ZMQError:
-        pass
+        return
+    log.warning("no heartbeat from the broker for %s s: it is gone or cut off; exiting", broker_timeout)
+    os._exit(0)
 
 
 def _watch_parent() -> None:
