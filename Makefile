@@ -31,7 +31,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check wb_magic worker_kernel tests examples benchmarks
 	$(BIN)/mypy
 
+# tests/test_remote.py builds a second host with Debian's openssh-server: installed here when missing (as root)
 test: lint
+	sh tests/install_sshd.sh
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest --nbval --nbval-current-env notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 

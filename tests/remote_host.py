@@ -166,7 +166,19 @@ class RemoteHost:
         masks = " && ".join(f"mount -t tmpfs -o size=1m,mode=0755 wb-hidden '{p}'" for p in self.hidden)
         script = f"{masks} && exec {SSHD} -D -e -f '{self.run / 'sshd_config'}'"
         self.sshd = subprocess.Popen(
-            ["ip", "netns", "exec", self.namespace, "unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.namespace,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -135,9 +135,7 @@ class WorkerKernel:
         for sock in self._nested_handlers:
             self._nested.register(sock, zmq.POLLIN)
         heartbeat = self._bind(zmq.REP, "hb")
-        threading.Thread(
-            target=_echo, args=(heartbeat, self.broker_timeout), name="wb-heartbeat", daemon=True
-        ).start()
+        threading.Thread(target=_echo, args=(heartbeat, self.broker_timeout), name="wb-heartbeat", daemon=True).start()
         threading.Thread(target=self._serve_control, name="wb-control", daemon=True).start()
         sys.stdout = OutputStream("stdout", self.iopub)
         sys.stderr = OutputStream("stderr", self.iopub)

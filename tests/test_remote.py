@@ -1,0 +1,133 @@
+"""Workers on another host: a network namespace with its own address and its own view of the files, an sshd run
+by hand in it (tests/remote_host.py), and workers there reached over the veth pair, encrypted with CurveZMQ."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+from jupyter_client.connect import write_connection_file
+from remote_host import RemoteHost, missing, remove_leftovers
+from zmq.utils.monitor import recv_monitor_message
+
+from wb_magic import WorkerBroker
+from worker_kernel.wire import Session
+
+TESTS = Path(__file__).parent
+WAIT = 60.0  # seconds: generous bounds on events that normally take milliseconds
+_ports = itertools.count(42000, 10)
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory):
+    """The second host, for the whole module (starting it costs about a second); removed after it."""
+    why = missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"tests/test_remote.py cannot build its test host: {why}")
+        pytest.skip(why)
+    remove_leftovers()
+    remote = RemoteHost(hidden=[TESTS, tmp_path_factory.getbasetemp()])
+    remote.start()
+    try:
+        yield remote
+    finally:
+        remote.stop()
+
+
+def hand_started(host: RemoteHost, name: str, *, curve: bool = True, args: tuple[str, ...] = ()) -> tuple:
+    """A worker kernel started by hand on the test host: (connection info, its process)."""
+    keys = zmq.curve_keypair() if curve else (None, None)
+    base = next(_ports)  # the test host's network has nothing of its own: any ports are free there
+    path, info = write_connection_file(
+        str(host.run / f"{name}.json"),
+        ip=host.address,
+        shell_port=base,
+        iopub_port=base + 1,
+        stdin_port=base + 2,
+        control_port=base + 3,
+        hb_port=base + 4,
+        key=os.urandom(16).hex().encode(),
+        curve_publickey=keys[0],
+        curve_secretkey=keys[1],
+    )
+    process = subprocess.Popen(
+        [*host.enter(), sys.executable, "-m", "worker_kernel", "-f", path, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return info, process
+
+
+def handshake_fails(context: zmq.Context, address: str, port: int, frames: list[bytes]) -> bool:
+    """Connect in the clear, send ``frames``; True once the server refused the handshake (no answer came)."""
+    sock = context.socket(zmq.DEALER)
+    sock.linger = 0
+    monitor = sock.get_monitor_socket()
+    try:
+        sock.connect(f"tcp://{address}:{port}")
+        sock.send_multipart(frames)
+        while monitor.poll(int(WAIT * 1000)):
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                return sock.poll(0) == 0
+        return False
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+
+
+def test_the_test_host_cannot_see_the_test_modules(host):
+    listing = subprocess.run([*host.enter(), "ls", "-A", str(TESTS)], capture_output=True, text=True, check=True)
+    assert listing.stdout == ""
+    assert (TESTS / "workers" / "values.py").is_file()  # while this host can
+
+
+def test_attach_to_an_encrypted_worker_and_a_plaintext_client_gets_no_answer(host):
+    info, process = hand_started(host, "curve")
+    try:
+        with WorkerBroker(warm_workers=0) as broker:
+            broker.attach(info, "colorsys")
+            assert broker.worker_proxy("colorsys").rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)
+            context = zmq.Context()
+            try:
+                request = Session(info["key"].encode()).message("kernel_info_request", {})[
+                    1
+                ]  # signed with the right key
+                assert handshake_fails(context, host.address, info["shell_port"], request)
+                assert handshake_fails(context, host.address, info["hb_port"], [b"ping"])
+            finally:
+                context.destroy(linger=0)
+            assert broker.worker_proxy("colorsys").hsv_to_rgb(0.0, 1.0, 1.0) == (1.0, 0.0, 0.0)  # served on
+        assert process.wait(WAIT) == 0  # the broker shut it down
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(WAIT)
+
+
+def test_a_worker_refuses_to_listen_on_the_network_in_the_clear(host):
+    info, process = hand_started(host, "clear", curve=False)
+    _, err = process.communicate(timeout=WAIT)
+    assert process.returncode != 0
+    assert f"refusing to listen on {host.address} without encryption" in err
+
+
+def test_allow_plaintext_lets_it_listen_in_the_clear(host):
+    info, process = hand_started(host, "clear-allowed", curve=False, args=("--allow-plaintext",))
+    try:
+        with WorkerBroker(warm_workers=0) as broker:
+            broker.attach(info, "colorsys")
+            assert broker.worker_proxy("colorsys").rgb_to_hsv(0.0, 1.0, 0.0)[0] == pytest.approx(1 / 3)
+        assert process.wait(WAIT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(WAIT)
