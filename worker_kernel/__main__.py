@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 
 def main(argv: list[str] | None = None) -> None:
