@@ -54,7 +54,7 @@ def many_workers(results: Results, config: Config) -> None:
     me = psutil.Process()
     host_before = me.memory_info().rss
     used_before = psutil.virtual_memory().used
-    broker = new_broker(call_timeout=300)
+    broker = new_broker(call_timeout=300, max_workers=None)  # more than the default bound, on purpose
     try:
         total, answered_at, answers = _start_many(broker, n)
         answered = sum(1 for a in answers if a == 1)
@@ -124,7 +124,7 @@ def cleaner(results: Results, config: Config) -> None:
         return
     the_cleaner = make_cleaner(**kwargs)
     n = config.many_workers
-    with new_broker(call_timeout=300, worker_cleaner=the_cleaner) as broker:
+    with new_broker(call_timeout=300, worker_cleaner=the_cleaner, max_workers=None) as broker:
         total, _, answers = _start_many(broker, n)
         results.facts["cleaner"] = {
             "arguments": {k: v for k, v in kwargs.items()},

@@ -43,13 +43,13 @@ def sandbox():
     reading only their own module), and the proxy of the attack module."""
     brokers = []
 
-    def make(permissions: Permissions | None = None, target: str = ATTACKS, **spec):
+    def make(permissions: Permissions | None = None, target: str = ATTACKS, call_policy=None, **spec):
         def construct(module, segregation_id):
             if "/untrusted/" in module:
                 return WorkerSpec(permissions=permissions or Permissions(read=[module]), **spec)
             return WorkerSpec()
 
-        broker = WorkerBroker(worker_constructor=construct, call_timeout=60)
+        broker = WorkerBroker(worker_constructor=construct, call_timeout=60, call_policy=call_policy)
         brokers.append(broker)
         return broker, broker.worker_proxy(target)
 
@@ -121,8 +121,12 @@ def _permission_error(excinfo: pytest.ExceptionInfo, permission: str) -> None:
 # -- a sandboxed worker still works -------------------------------------------------------------------------------
 
 
+def _allow_hello(source_module, source_sid, module, sid, function):
+    return True if module == str(WORKERS / "hello.py") else None  # a trusted target, opted into explicitly
+
+
 def test_a_sandboxed_worker_serves_calls_output_and_other_workers(sandbox, capsys):
-    broker, attacks = sandbox()
+    broker, attacks = sandbox(call_policy=_allow_hello)
     assert attacks.hello("sandbox") == "Hello sandbox"
     assert attacks.socketpair_works() == b"pair"  # asyncio's self-pipe kind of socket still works
     assert attacks.loaded("_ctypes") is False  # the confined image never loaded ctypes

@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 
 from worker_kernel.codec import DecodeError, decode_value, encode_value, exception_from_wire, exception_to_wire
-from worker_kernel.loader import is_file_spec, module_name_for, resolve_module
+from worker_kernel.loader import is_file_spec, located_file, module_name_for, resolve_module
 from worker_kernel.proxy import ModuleProxy, make_function
 from worker_kernel.wire import (
     WB_BROKER,
@@ -42,6 +42,7 @@ from .cleaner import EventType, WorkerCleaner, WorkerEvent
 from .connection import MAX_MESSAGE_BYTES, WorkerConnection, now, pidfd
 from .errors import CallTimeout, NoSuchFunction, WorkerBrokerError, WorkerDied, WorkerStartError
 from .launcher import WorkerSpec, launch, process_id
+from .policy import CallPolicy, default_rule, scrub_error
 from .pump import Pump
 from .worker import Call, Worker, WorkerInfo, close_fd
 
@@ -51,7 +52,6 @@ use_orjson()  # the host has no start-up to protect: the fast JSON from the firs
 Target = Any  # a module spec (path, file:// URL, dotted name) or (spec, segregation_id)
 KeySupplier = Callable[[str, "str | None"], Hashable]
 Constructor = Callable[[str, "str | None"], WorkerSpec]
-CallPolicy = Callable[[str, "str | None", str, "str | None", str], bool]
 
 OUTPUT_GRACE = 1.0  # how long a finished call waits for stream output the worker says it sent
 INTERRUPT_GRACE = 5.0  # how long an interrupted call waits for the worker to answer before giving up
@@ -65,6 +65,8 @@ MAX_OUTPUT_BYTES = 1 << 20  # characters of output shown per call; the rest is c
 STRAY_OUTPUT_RATE = 64 * 1024  # characters a second of output that belongs to no call
 MAX_FUNCTIONS = 10_000  # functions kept from a module's description
 MAX_DRAIN = 256  # messages taken from one socket per turn, so that one chatty worker cannot starve the rest
+DEFAULT_MAX_WORKERS = 64  # worker processes at once; at the limit the least recently used idle one is evicted
+DEFAULT_SANDBOX_QUOTA = 4  # live workers that calls from one sandboxed worker (and its delegates) may have started
 
 
 class WorkerBroker:
@@ -76,9 +78,15 @@ class WorkerBroker:
     every call unless a proxy sets its own. ``warm_workers`` kernels are kept started and unassigned, so that
     the first call to a new module waits only for its import; they are used for workers whose spec is the
     default `WorkerSpec()` (the pool's workers get no other permissions or options). ``max_workers`` bounds how
-    many run (a worker can make the broker start others); ``max_message_bytes`` caps a frame from a worker.
-    ``call_policy(source_module, source_segregation_id, module, segregation_id, function)`` decides whether a
-    worker may call another: False fails that call with `PermissionError` (by default every call is allowed).
+    many run (None: no bound): starting one more evicts the least recently used idle worker, and fails with
+    `WorkerStartError` when none is idle. ``max_message_bytes`` caps a frame from a worker.
+
+    Worker-to-worker calls follow `wb_magic.policy`: a trusted worker may call anything; a sandboxed worker only
+    module files, as its own segregation id, whose workers are as confined as itself, and the calls of one
+    sandboxed worker (with the workers it reached) may keep at most ``sandbox_quota`` workers started for them.
+    ``call_policy(source_module, source_segregation_id, module, segregation_id, function)`` is asked first: True
+    allows a call, False refuses it (`PermissionError` in the caller), None leaves it to the default rule.
+    ``worker_constructor`` receives a module's real path (a dotted name's file, where one is found).
     """
 
     def __init__(
@@ -89,9 +97,10 @@ class WorkerBroker:
         call_timeout: float | None = None,
         *,
         warm_workers: int = DEFAULT_WARM_WORKERS,
-        max_workers: int | None = None,
+        max_workers: int | None = DEFAULT_MAX_WORKERS,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         call_policy: CallPolicy | None = None,
+        sandbox_quota: int = DEFAULT_SANDBOX_QUOTA,
     ) -> None:
         self.worker_key_supplier = worker_key_supplier
         self.worker_constructor = worker_constructor
@@ -111,6 +120,7 @@ class WorkerBroker:
         self.max_workers = max_workers
         self.max_message_bytes = max_message_bytes
         self.call_policy = call_policy
+        self.sandbox_quota = sandbox_quota
         self._pool: list[Worker] = []  # started kernels with no module yet, launched with the default spec
         self._pool_spec = WorkerSpec()
         self._pool_wanted = threading.Event()
@@ -359,8 +369,21 @@ class WorkerBroker:
             self._emit("get", worker)
         return worker
 
-    def _worker(self, module: str, segregation_id: str | None) -> Worker:
-        """The live worker for a target, launched if there is none."""
+    def _spec(self, module: str, segregation_id: str | None) -> WorkerSpec:
+        """The spec a new worker of the target gets: the constructor sees the real path of the module's file."""
+        if self.worker_constructor is None:
+            return WorkerSpec()
+        return self.worker_constructor(located_file(module) or module, segregation_id)
+
+    def _worker(
+        self,
+        module: str,
+        segregation_id: str | None,
+        sponsor: Hashable | None = None,
+        spec: WorkerSpec | None = None,
+    ) -> Worker:
+        """The live worker for a target, launched if there is none. ``sponsor`` is the key of the sandboxed
+        worker whose call needs it (launches count against its quota); ``spec``, the target's if known."""
         key = self._key(module, segregation_id)
         with self._lock:
             worker = self._workers.get(key)
@@ -370,15 +393,41 @@ class WorkerBroker:
                 raise WorkerBrokerError("the broker is closed")
             if is_file_spec(module) and not os.path.isfile(module):
                 raise FileNotFoundError(f"no module file {module!r}")
-            spec = self.worker_constructor(module, segregation_id) if self.worker_constructor else WorkerSpec()
-            if self.max_workers is not None and len(self._workers) + len(self._pool) >= self.max_workers:
-                raise WorkerStartError(f"cannot start a worker for {module!r}: max_workers={self.max_workers} run")
-            worker = self._from_pool(spec) or self._launch(spec, module, module)
+            if sponsor is not None:
+                started = sum(1 for w in self._workers.values() if w.sponsor == sponsor and not w.dead)
+                if started >= self.sandbox_quota:
+                    raise PermissionError(
+                        f"a sandboxed worker may have at most {self.sandbox_quota} live workers started on its"
+                        f" behalf (the broker's sandbox_quota); not one for {os.path.basename(module)!r}"
+                    )
+            spec = spec if spec is not None else self._spec(module, segregation_id)
+            worker = self._from_pool(spec)
+            if worker is None:
+                self._make_room(module)
+                worker = self._launch(spec, module, module)
             worker.key, worker.module, worker.modules, worker.segregation_id = key, module, {module}, segregation_id
+            worker.sponsor = sponsor
             worker.last_used = now()
             self._workers[key] = worker
         self._emit("create", worker)
         return worker
+
+    def _make_room(self, module: str) -> None:
+        """At ``max_workers``, evict the least recently used idle worker (under the lock), or refuse."""
+        if self.max_workers is None or len(self._workers) + len(self._pool) < self.max_workers:
+            return
+        if self._pool:  # a warm kernel of another spec makes room first: it is the cheapest to replace
+            victims = [self._pool.pop(0)]
+        else:
+            idle = [w for w in self._workers.values() if not w.pending and not w.dead]
+            if not idle:
+                raise WorkerStartError(
+                    f"cannot start a worker for {module!r}: max_workers={self.max_workers} workers run, all busy"
+                )
+            victims = [min(idle, key=lambda w: w.last_used)]
+            del self._workers[victims[0].key]
+        why = f"max_workers={self.max_workers} was reached and it was the least recently used"
+        threading.Thread(target=self._shutdown, args=(victims, why), name="wb-evict", daemon=True).start()
 
     def _from_pool(self, spec: WorkerSpec) -> Worker | None:
         if spec != self._pool_spec:
@@ -395,7 +444,7 @@ class WorkerBroker:
         while not self.closed:
             self._pool_wanted.wait()
             self._pool_wanted.clear()
-            while not self.closed and len(self._pool) < self.warm_workers:
+            while not self.closed and len(self._pool) < self.warm_workers and not self._full():
                 try:
                     worker = self._launch(self._pool_spec, "the warm pool")
                 except Exception:
@@ -409,6 +458,10 @@ class WorkerBroker:
                         self._pool_changed.notify_all()
                 if not keep:
                     self._shutdown([worker], "the broker was closed")
+
+    def _full(self) -> bool:
+        with self._lock:
+            return self.max_workers is not None and len(self._workers) + len(self._pool) >= self.max_workers
 
     def _launch(self, spec: WorkerSpec, purpose: str, module: str | None = None) -> Worker:
         """Start a kernel and connect to it; the worker has no module until the caller assigns one. ``module``
@@ -704,6 +757,8 @@ class WorkerBroker:
         def answer(content: dict[str, Any], buffers: list[Any] | tuple = ()) -> None:
             if source.dead:
                 return
+            if content.get("status") == "error" and source.spec.sandboxed:
+                content = scrub_error(content, source.spec, source.modules)
             try:
                 _, frames = source.connection.session.message(  # type: ignore[union-attr]
                     "wb_broker_reply", content, parent=msg.raw_header, buffers=buffers
@@ -725,18 +780,32 @@ class WorkerBroker:
                 raise TypeError(f"timeout must be a positive number of seconds, not {timeout!r}")
             claimed = c.get("source_module")
             caller_module: str = claimed if isinstance(claimed, str) and claimed in source.modules else source.module
-            module, segregation_id = self._resolve((spec, c.get("segregation_id")), base=caller_module)
-            policy = self.call_policy
-            if policy is not None and not policy(
-                caller_module, source.segregation_id, module, segregation_id, function
-            ):
-                raise PermissionError(
-                    f"{os.path.basename(caller_module)} may not call {function}() of {os.path.basename(module)}"
-                    " (the broker's call_policy says no)"
-                )
-            target = self._worker(module, segregation_id)
-        except Exception as exc:
-            answer({"status": "error", **exception_to_wire(exc, [])})
+            requested = c.get("segregation_id")
+            if source.spec.sandboxed and requested in (None, ""):
+                requested = source.segregation_id  # a sandboxed worker calls as its own tenant
+            module, segregation_id = self._resolve((spec, requested), base=caller_module)
+            target_spec = self._spec_if_live(module, segregation_id)
+
+            def spec_of_target() -> WorkerSpec:
+                nonlocal target_spec
+                if target_spec is None:
+                    target_spec = self._spec(module, segregation_id)
+                return target_spec
+
+            refusal = f"{_label(caller_module)} may not call {function}() of {_label(module)}"
+            verdict = self.call_policy(caller_module, source.segregation_id, module, segregation_id, function) if (
+                self.call_policy is not None
+            ) else None  # fmt: skip
+            if verdict is None:
+                broken = default_rule(source.spec, source.segregation_id, module, segregation_id, spec_of_target)
+                if broken is not None:
+                    raise PermissionError(f"{refusal}: {broken} (a call_policy can allow it)")
+            elif not verdict:
+                raise PermissionError(f"{refusal} (the broker's call_policy says no)")
+            sponsor = source.sponsor if source.sponsor is not None else (source.key if source.spec.sandboxed else None)
+            target = self._worker(module, segregation_id, sponsor, target_spec)
+        except Exception as exc:  # the broker's own frames are none of the caller's business
+            answer({"status": "error", **exception_to_wire(exc, []), "traceback": _error_only(exc)})
             return
         origin = source.pending.get(msg.parent_id)
         call = Call(target.connection.session.new_id(), target, function, origin.stdout if origin else None,  # type: ignore[union-attr]
@@ -773,6 +842,11 @@ class WorkerBroker:
                 self._interrupt(target, call)
 
             self._pump.at(now() + timeout, expire)
+
+    def _spec_if_live(self, module: str, segregation_id: str | None) -> WorkerSpec | None:
+        with self._lock:
+            worker = self._workers.get(self._key(module, segregation_id))
+            return worker.spec if worker is not None and not worker.dead else None
 
     def _beat(self, worker: Worker) -> None:
         """Ping a worker we cannot watch as a process, while it has calls; no answer for a while means dead."""
@@ -848,6 +922,8 @@ class WorkerBroker:
         with self._lock:
             if self._workers.get(worker.key) is worker:
                 del self._workers[worker.key]
+                if self.warm_workers:
+                    self._pool_wanted.set()  # the pool may have stopped short at max_workers
             elif worker in self._pool:
                 self._pool.remove(worker)
                 self._pool_wanted.set()
@@ -940,6 +1016,17 @@ def _time_out(future: asyncio.Future) -> None:
     """A coroutine's call has waited too long (cheaper than `asyncio.wait_for`, which wraps every call)."""
     if not future.done():
         future.set_exception(TimeoutError())
+
+
+def _label(module: str) -> str:
+    """A module as an error message names it: a file by its name, a module by its dotted name."""
+    return os.path.basename(module) if is_file_spec(module) else module
+
+
+def _error_only(exc: BaseException) -> list[str]:
+    import traceback
+
+    return traceback.format_exception_only(type(exc), exc)
 
 
 def _ignore(_: object) -> None:

@@ -77,6 +77,7 @@ class Worker:
         self.pid: int | None = None
         self.pidfd: int | None = None
         self.pending: dict[str, Call] = {}
+        self.sponsor: Any = None  # the key of the sandboxed worker on whose behalf this one was started
         self.answered = False
         self.dead = False
         self.exit_reason: str | None = None

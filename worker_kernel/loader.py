@@ -36,7 +36,8 @@ def is_file_spec(spec: str) -> bool:
 
 def resolve_module(spec: ModuleSpec, base: str | os.PathLike | None = None) -> str:
     """The canonical name of a module spec. Relative paths resolve against ``base`` (a directory or a file's
-    directory) or else the working directory. Raises `ValueError` for a spec that is neither."""
+    directory) or else the working directory, and a path is made real (no ``..``, no symbolic links), so that
+    a test of where a module lives cannot be fooled. Raises `ValueError` for a spec that is neither."""
     text = os.fspath(spec)
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"a module spec must be a path, a file:// URL or a dotted name, not {spec!r}")
@@ -51,7 +52,7 @@ def resolve_module(spec: ModuleSpec, base: str | os.PathLike | None = None) -> s
             if root.endswith(".py"):
                 root = os.path.dirname(root)
             path = os.path.join(root, path)
-        return os.path.normpath(path)
+        return os.path.realpath(path)
     if not all(part.isidentifier() for part in text.split(".")):
         raise ValueError(f"{spec!r} is neither a path to a .py file nor a dotted module name")
     return text
@@ -60,6 +61,26 @@ def resolve_module(spec: ModuleSpec, base: str | os.PathLike | None = None) -> s
 def module_name_for(canonical: str) -> str:
     """The ``__name__`` a target module gets: its file's stem, or its dotted name."""
     return os.path.splitext(os.path.basename(canonical))[0] if is_file_spec(canonical) else canonical
+
+
+def located_file(canonical: str) -> str | None:
+    """The real path of the file a canonical module would be executed from, found without running any code
+    (a dotted name's packages are not imported, as `importlib.util.find_spec` would); None if there is none."""
+    if is_file_spec(canonical):
+        return canonical
+    from importlib.machinery import PathFinder
+
+    search: list[str] | None = None
+    found = None
+    parts = canonical.split(".")
+    for depth in range(1, len(parts) + 1):
+        found = PathFinder.find_spec(".".join(parts[:depth]), search)
+        if found is None:
+            return None
+        search = list(found.submodule_search_locations or [])
+    if found is None or not found.has_location or not found.origin:
+        return None
+    return os.path.realpath(found.origin)
 
 
 def source_path(canonical: str) -> str:

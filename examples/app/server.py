@@ -120,8 +120,17 @@ def worker_constructor(upstream: str, enforce: str = "strict") -> Callable[[str,
     return construct
 
 
+def call_policy(source_module: str, source_sid: str | None, module: str, sid: str | None, function: str) -> bool | None:
+    """The one route beyond the broker's default rule (a sandboxed worker calls only workers as confined as
+    itself): untrusted workers may fetch through the trusted fetch proxy, the seed's pattern."""
+    if Path(module) == FETCH_PROXY and function == "fetch":
+        return True
+    return None
+
+
 def make_broker(upstream: str, enforce: str = "strict") -> WorkerBroker:
     return WorkerBroker(
+        call_policy=call_policy,
         worker_constructor=worker_constructor(upstream, enforce),
         worker_cleaner=cleaner(worker_count=MAX_WORKERS, idle_timeout=IDLE_TIMEOUT),
         call_timeout=HANDLER_TIMEOUT,
