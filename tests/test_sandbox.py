@@ -8,6 +8,7 @@ attempts go around Python with ctypes (``ffi=True``), so what stops them is the 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import psutil
@@ -412,6 +414,122 @@ def test_another_workers_connection_file_is_out_of_reach(sandbox):
     assert attacks.libc_open(own) == "EACCES"
     with pytest.raises(WorkerStartError, match="must not reach into"):
         sandbox(Permissions(read=[jupyter_runtime_dir()]))[1].hello("x")
+
+
+# -- the host's terminal, pipe and log file ---------------------------------------------------------------------
+
+STDIO_HOST = """
+import json, os, select, sys
+from wb_magic import Permissions, WorkerBroker, WorkerDied, WorkerSpec
+attacks_file = sys.argv[1]
+print("host: before the worker", flush=True)
+spec = WorkerSpec(permissions=Permissions(read=[attacks_file], sys=True))  # sys: /proc/self/fd is readable
+with WorkerBroker(worker_constructor=lambda module, segregation_id: spec, warm_workers=0) as broker:
+    attacks = broker.worker_proxy(attacks_file)
+    outcome = {"open": attacks.open_stdout(), **attacks.stdio_attacks()}
+    print("host: a line the worker must not read", flush=True)
+    outcome["stolen"] = attacks.read_stolen()
+    try:
+        attacks.crash_with_stderr()
+    except WorkerDied:
+        outcome["crash"] = "WorkerDied"
+outcome["keystrokes"] = os.read(0, 100).decode() if select.select([0], [], [], 0)[0] else ""
+print("host: outcome " + json.dumps(outcome), flush=True)
+"""
+TYPED = "typed by the user\n"
+
+
+def _read_until_closed(fd: int, process: subprocess.Popen, timeout: float = 120) -> bytes:
+    """Everything written to a pty's master until the last holder of its slave (the host, its workers) is gone."""
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    data = b""
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 1)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: every slave descriptor is closed
+                break
+            if not chunk:
+                break
+            data += chunk
+    process.wait(timeout=30)
+    return data
+
+
+@pytest.mark.parametrize("stdio", ["terminal", "pipe", "log file"])
+def test_the_hosts_terminal_pipe_and_log_are_out_of_reach(stdio, tmp_path):
+    """The host runs with a terminal (a pty of our own: CI has none), a pipe or a log file as its stdio. Its
+    sandboxed worker reads the keystrokes waiting there, turns echo off, truncates the log, writes escape
+    sequences and forged lines, and reopens its stdout to read the host's output: none of it reaches the
+    host's. What the worker writes arrives labelled and without control characters, its crash's last words too."""
+    import termios
+
+    script = tmp_path / "host.py"
+    script.write_text(STDIO_HOST)
+    command = [sys.executable, str(script), ATTACKS]
+    if stdio == "terminal":
+        import pty
+
+        master, slave = pty.openpty()
+        before = termios.tcgetattr(master)
+        os.write(master, TYPED.encode())  # keystrokes waiting for the host to read them
+        host = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        os.close(slave)
+        try:
+            output = _read_until_closed(master, host).decode(errors="replace").replace("\r\n", "\n")
+            assert termios.tcgetattr(master) == before  # echo still on, every setting as it was
+        finally:
+            os.close(master)
+    elif stdio == "pipe":
+        read_end, write_end = os.pipe()  # read only once the host has ended: anything a worker took is gone
+        host = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end)
+        os.close(write_end)
+        host.wait(timeout=120)
+        with os.fdopen(read_end, "rb") as pipe:
+            output = pipe.read().decode(errors="replace")
+    else:
+        log = tmp_path / "host.log"
+        with open(log, "wb") as f:
+            host = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=f, stderr=f)
+        host.wait(timeout=120)
+        output = log.read_text(errors="replace")
+    assert host.returncode == 0, output
+    lines = output.splitlines()
+    if stdio == "terminal":
+        assert lines.pop(0) == TYPED.strip()  # the terminal's echo of the keystrokes
+    assert lines[0] == "host: before the worker", output  # the log was not truncated
+    outcome = json.loads(next(line for line in lines if line.startswith("host: outcome "))[len("host: outcome ") :])
+    assert outcome["crash"] == "WorkerDied"
+    for fd in (0, 1, 2):
+        assert TYPED.strip() not in outcome[f"read {fd}"]
+        assert outcome[f"echo off {fd}"] != "done" and outcome[f"truncate {fd}"] != "done"
+    assert "host: a line the worker must not read" not in outcome["stolen"]
+    assert "host: a line the worker must not read" in lines
+    if stdio == "terminal":
+        assert outcome["keystrokes"] == TYPED  # still waiting for the host, which reads them
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", output), repr(output)  # no control character
+    assert "host: a line forged by the worker" not in lines  # the worker's lines come labelled
+    worker_lines = [line for line in lines if "forged by the worker" in line or "the worker crashed" in line]
+    assert len(worker_lines) == 3, output
+    assert all(re.match(r"\[worker \d+ attacks\.py\] ", line) for line in worker_lines), worker_lines
+    assert any(line.endswith("the worker crashed [31min red[0m") for line in worker_lines)  # as text
+
+
+def test_a_flood_on_stderr_is_shown_at_a_bounded_rate(sandbox, capfd):
+    from wb_magic.stdio import BURST, MAX_LINE, RATE
+
+    _, attacks = sandbox()
+    start = time.monotonic()
+    assert attacks.flood_stderr(10) == 10  # the host reads on: the worker is not left blocked on a full pipe
+    elapsed = time.monotonic() - start
+    err = capfd.readouterr().err
+    shown = sum(len(line.split("] ", 1)[1]) + 1 for line in err.splitlines() if line.startswith("[worker "))
+    assert 0 < shown <= BURST + RATE * (elapsed + 1)  # of 10 MB and more, what the rate lets through
+    assert err.count("[wb-magic: output dropped: more than") >= 1
+    assert all(len(line) < MAX_LINE + 100 for line in err.splitlines())
 
 
 # -- native code ------------------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from .errors import CallTimeout, NoSuchFunction, WorkerBrokerError, WorkerDied, 
 from .launcher import WorkerSpec, launch, process_id
 from .policy import CallPolicy, default_rule, scrub_error
 from .pump import Pump
+from .stdio import output_for
 from .worker import Call, Worker, WorkerInfo, close_fd
 
 log = logging.getLogger("wb_magic")
@@ -466,11 +467,13 @@ class WorkerBroker:
     def _launch(self, spec: WorkerSpec, purpose: str, module: str | None = None) -> Worker:
         """Start a kernel and connect to it; the worker has no module until the caller assigns one. ``module``
         is the target a sandboxed worker is allowed to read (a warm worker gets none)."""
+        output = output_for(spec.permissions)  # a sandboxed worker never gets the host's stdio
         try:
-            manager = launch(spec, module)
+            manager = launch(spec, module, output)
         except Exception as exc:
             raise WorkerStartError(f"could not launch a worker for {purpose}: {exc}") from exc
         worker = Worker(None, "", None, spec, manager)
+        worker.output = output
         worker.pid = process_id(manager)
         try:
             self._connect(worker, dict(manager.get_connection_info()))
@@ -480,6 +483,8 @@ class WorkerBroker:
                 process.kill()
                 process.wait()
             manager.cleanup_resources()
+            if output is not None:
+                output.close()
             raise
         log.debug("started worker (pid %s) for %s", worker.pid, purpose)
         return worker
@@ -493,6 +498,8 @@ class WorkerBroker:
         self._pump.register(conn.control, lambda: _ignore(self._drain(conn.control)))
         self._pump.register(conn.heartbeat, lambda: self._on_heartbeat(worker))
         self._pump.register(conn.shell_events, lambda: self._on_disconnect(worker))
+        if worker.output is not None:
+            worker.output.watch(self._pump, lambda: f"worker {worker.pid} {os.path.basename(worker.module)}")
         worker.pidfd = pidfd(worker.pid)
         if worker.pidfd is not None:
             self._pump.register(worker.pidfd, lambda: self._on_exit(worker))
@@ -910,6 +917,8 @@ class WorkerBroker:
                 return
             worker.dead = True
         log.debug("worker %r: %s", worker.key, why)
+        if worker.output is not None:
+            worker.output.close()  # what it wrote as it ended (a crash's traceback) comes before the calls fail
         for call in list(worker.pending.values()):
             self._end(call, WorkerDied(f"worker {worker.key!r} running {call.function}(): {why}"))
         if worker.pidfd is not None:

@@ -19,6 +19,8 @@ from jupyter_client.manager import KernelManager
 
 from worker_kernel.permissions import Permissions, SandboxConfig
 
+from .stdio import WorkerOutput
+
 log = logging.getLogger("wb_magic")
 
 DEFAULT_ARGV = (sys.executable, "-m", "worker_kernel", "-f", "{connection_file}")
@@ -128,9 +130,10 @@ class _OneSpec(KernelSpecManager):
         return self._spec
 
 
-def launch(spec: WorkerSpec, module: str | None = None) -> KernelManager:
+def launch(spec: WorkerSpec, module: str | None = None, output: WorkerOutput | None = None) -> KernelManager:
     """Start a worker kernel; returns its manager with the kernel process running (perhaps not yet bound).
-    ``module`` is the worker's target, which a sandboxed worker may read."""
+    ``module`` is the worker's target, which a sandboxed worker may read; ``output``, the pipes that take the
+    place of the host's stdin, stdout and stderr (a sandboxed worker's, `wb_magic.stdio`)."""
     if spec.kernel_name:
         if spec.sandboxed:  # fail closed: a kernel spec's command would not confine itself
             raise ValueError("a sandboxed WorkerSpec launches its own command (argv), not a kernel_name")
@@ -150,7 +153,13 @@ def launch(spec: WorkerSpec, module: str | None = None) -> KernelManager:
     kwargs: dict[str, Any] = {"env": spec.environment()}
     if spec.cwd:
         kwargs["cwd"] = spec.cwd
-    manager.start_kernel(**kwargs)
+    if output is not None:
+        kwargs.update(output.child_stdio())  # jupyter_client hands them to the provisioner, and it to Popen
+    try:
+        manager.start_kernel(**kwargs)
+    finally:
+        if output is not None:
+            output.launched()
     return manager
 
 

@@ -15,6 +15,7 @@ from worker_kernel.permissions import REFUSED_EXIT_CODE, refusal_file
 
 from .connection import WorkerConnection
 from .launcher import WorkerSpec
+from .stdio import WorkerOutput
 
 
 class Call:
@@ -76,6 +77,7 @@ class Worker:
         self.connection: WorkerConnection | None = None
         self.pid: int | None = None
         self.pidfd: int | None = None
+        self.output: WorkerOutput | None = None  # a sandboxed worker's stdout and stderr
         self.pending: dict[str, Call] = {}
         self.sponsor: Any = None  # the key of the sandboxed worker on whose behalf this one was started
         self.answered = False

@@ -163,6 +163,87 @@ def socketpair_works() -> bytes:
         return b.recv(4)
 
 
+# -- the host's terminal, pipe or log file ---------------------------------------------------------------------
+
+FORGED = b"host: a line forged by the worker\n"
+ESCAPES = b"\x1b]0;window title\x07\x1b]52;c;Y2xpcGJvYXJk\x07\x9b2J\x1b[2J\r"  # title, clipboard, clear screen
+_stolen: list = []
+
+
+def _outcome(action, *args) -> str:
+    try:
+        result = action(*args)
+    except OSError as exc:  # termios.error is not one: it carries (errno, text) all the same
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    except Exception as exc:
+        return errno.errorcode.get(exc.args[0], str(exc)) if exc.args and isinstance(exc.args[0], int) else str(exc)
+    return "done" if result is None else result
+
+
+def stdio_attacks() -> dict:
+    """What a worker whose fds 0-2 were the host's could do to them: read the keystrokes waiting on a terminal,
+    turn its echo off, truncate a log file, and write escape sequences and lines that look like the host's."""
+    import select
+    import termios
+
+    def read(fd: int) -> str:
+        if not select.select([fd], [], [], 0)[0]:
+            return "nothing to read"
+        return os.read(fd, 200).decode(errors="replace")
+
+    def echo_off(fd: int) -> None:
+        attributes = termios.tcgetattr(fd)
+        attributes[3] &= ~termios.ECHO
+        termios.tcsetattr(fd, termios.TCSANOW, attributes)
+
+    outcome = {}
+    for fd in (0, 1, 2):
+        outcome[f"read {fd}"] = _outcome(read, fd)
+        outcome[f"echo off {fd}"] = _outcome(echo_off, fd)
+        outcome[f"truncate {fd}"] = _outcome(os.ftruncate, fd, 0)
+    for fd in (1, 2):
+        outcome[f"write {fd}"] = _outcome(os.write, fd, ESCAPES + b"\n" + FORGED)
+    return outcome
+
+
+def open_stdout() -> dict:
+    """Reopen its stdout for reading (a pipe's write end, reopened, reads the pipe): to read what the host
+    writes to the same pipe later."""
+    outcome = {}
+    for path in ("/dev/stdout", "/proc/self/fd/1", "/dev/tty"):
+        try:
+            _stolen.append(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+            outcome[path] = "opened"
+        except OSError as exc:
+            outcome[path] = errno.errorcode.get(exc.errno, str(exc.errno))
+    return outcome
+
+
+def read_stolen() -> str:
+    got = []
+    for fd in _stolen:
+        try:
+            got.append(os.read(fd, 4096).decode(errors="replace"))
+        except OSError:
+            pass
+    return "".join(got)
+
+
+def flood_stderr(megabytes: int) -> int:
+    """Lines of 100 bytes and one long line, straight to fd 2: more than the host should show."""
+    line = b"x" * 99 + b"\n"
+    for _ in range(megabytes * 10_000):
+        os.write(2, line)
+    os.write(2, b"y" * 100_000 + b"\n")
+    return megabytes
+
+
+def crash_with_stderr() -> None:
+    """End the process as a crash does, after writing its last words (with escape sequences) to stderr."""
+    os.write(2, b"Traceback (most recent call last):\n  the worker crashed \x1b[31min red\x1b[0m\n")
+    os._exit(3)
+
+
 # -- processes ----------------------------------------------------------------------------------------------------
 
 
