@@ -38,6 +38,7 @@ from worker_kernel.wire import (
     use_orjson,
 )
 
+from . import tracing
 from .cleaner import EventType, WorkerCleaner, WorkerEvent
 from .connection import MAX_MESSAGE_BYTES, WorkerConnection, now, pidfd
 from .errors import CallTimeout, NoSuchFunction, WorkerBrokerError, WorkerDied, WorkerStartError
@@ -533,8 +534,13 @@ class WorkerBroker:
             "source": None,
         }
 
-    def _send_call(self, worker: Worker, call: Call, msg_type: str, content: dict, buffers: list) -> Callable[[], None]:
-        """Register ``call`` on ``worker``; returns the action that sends it, to run on the pump."""
+    def _send_call(
+        self, worker: Worker, call: Call, msg_type: str, content: dict, buffers: list, routed: Any = None
+    ) -> Callable[[], None]:
+        """Register ``call`` on ``worker``; returns the action that sends it, to run on the pump. ``routed`` is
+        the trace context of a worker-to-worker request (a dict, perhaps empty), None for the host's own."""
+        if tracing.tracer is not None:
+            call.trace = tracing.tracer.start(worker, msg_type, content, routed)
         _, frames = worker.connection.session.message(msg_type, content, buffers=buffers, msg_id=call.msg_id)  # type: ignore[union-attr]
         worker.calls += 1
         worker.pending[call.msg_id] = call
@@ -623,6 +629,8 @@ class WorkerBroker:
             if error is not None:
                 call.error = error
         call.worker.pending.pop(call.msg_id, None)
+        if call.trace is not None:
+            _end_trace(call)
         if call.on_done is not None:
             call.on_done(call)
         if call.future is not None:
@@ -836,7 +844,10 @@ class WorkerBroker:
             "source": {"module": caller_module, "segregation_id": source.segregation_id},
         }
         try:
-            send = self._send_call(target, call, WB_CALL, content, msg.buffers)
+            trace = c.get("trace")
+            send = self._send_call(
+                target, call, WB_CALL, content, msg.buffers, trace if isinstance(trace, dict) else {}
+            )
         except (TypeError, ValueError) as exc:  # arguments JSON cannot carry on (a lone surrogate, say)
             answer({"status": "error", **exception_to_wire(TypeError(f"the call could not be encoded: {exc}"), [])})
             return
@@ -1036,6 +1047,13 @@ def _error_only(exc: BaseException) -> list[str]:
     import traceback
 
     return traceback.format_exception_only(type(exc), exc)
+
+
+def _end_trace(call: Call) -> None:
+    try:
+        call.trace.end(call)
+    except Exception:  # telemetry must never break a call
+        log.exception("recording the trace of %s() failed", call.function)
 
 
 def _ignore(_: object) -> None:

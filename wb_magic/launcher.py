@@ -101,12 +101,23 @@ class WorkerSpec:
         else:
             names = [*SANDBOX_ENV, *(allowed or ()), *(["PATH"] if self.permissions and self.permissions.run else [])]
             env = {name: os.environ[name] for name in names if name in os.environ}
+        if "PYTHONPATH" in env:
+            env["PYTHONPATH"] = without_auto_instrumentation(env["PYTHONPATH"])
         for name, value in self.env.items():
             if value is None:
                 env.pop(name, None)
             else:
                 env[name] = value
         return env
+
+
+def without_auto_instrumentation(python_path: str) -> str:
+    """``PYTHONPATH`` less the folder that ``opentelemetry-instrument`` puts first on it, whose
+    ``sitecustomize`` would make every worker import OpenTelemetry and instrument itself at start-up. A worker
+    records the spans of traced calls on its own (`worker_kernel.tracing`) and imports nothing of OpenTelemetry."""
+    marker = os.path.join("opentelemetry", "instrumentation", "auto_instrumentation")
+    kept = [entry for entry in python_path.split(os.pathsep) if not os.path.normpath(entry).endswith(marker)]
+    return os.pathsep.join(kept)
 
 
 def runtime_dir() -> str:

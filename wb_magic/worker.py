@@ -23,7 +23,7 @@ class Call:
 
     __slots__ = (
         "msg_id", "worker", "function", "reply", "error", "done", "outputs", "stdout", "stderr",
-        "future", "loop", "on_done", "unsent", "output_bytes",
+        "future", "loop", "on_done", "unsent", "output_bytes", "trace",
     )  # fmt: skip
 
     def __init__(
@@ -43,6 +43,7 @@ class Call:
         self.on_done: Callable[[Call], None] | None = None
         self.unsent = False
         self.output_bytes = 0  # stream text shown for this call, capped at MAX_OUTPUT_BYTES
+        self.trace: Any = None  # its `tracing.CallTrace` while telemetry is on
 
     def is_done(self) -> bool:
         return self.done

@@ -28,12 +28,13 @@ class Request:
     """The request being served, as the output streams see it: its header (raw JSON) and how many outputs it
     made."""
 
-    __slots__ = ("header", "idents", "outputs")
+    __slots__ = ("header", "idents", "outputs", "trace")
 
     def __init__(self, header: bytes, idents: list[bytes]) -> None:
         self.header = header
         self.idents = idents
         self.outputs = 0
+        self.trace: Any = None  # a `tracing.Recorder` when the request carries a trace context
 
 
 current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar("wb_request", default=None)

@@ -30,9 +30,21 @@ from .codec import Unencodable, decode_value, encode_value, exception_from_wire,
 from .errors import CallTimeout
 from .iopub import IOPub, OutputStream, Request, current_request
 from .lazylog import LazyLogger
+from .loader import module_name_for
 from .runner import CallContext, CallRunner, current
 from .transport import check, serve_curve
-from .wire import WB_BROKER, Message, Session, WireError, recv_frames, reply_type, send_frames, use_orjson
+from .wire import (
+    WB_BROKER,
+    WB_CALL,
+    WB_IMPORT,
+    Message,
+    Session,
+    WireError,
+    recv_frames,
+    reply_type,
+    send_frames,
+    use_orjson,
+)
 
 log = LazyLogger("worker_kernel")
 
@@ -308,13 +320,35 @@ class WorkerKernel:
         content = {"status": "error", **exception_to_wire(exc, buffers)}
         if request is not None:
             content["outputs"] = request.outputs
+            if request.trace is not None:
+                content["spans"] = request.trace.finish(exc)
         self._reply(sock, msg, content, buffers)
+
+    def _traced(self, msg: Message, request: Request) -> Any:
+        """Start the SERVER span of a request that carries a trace context (see `tracing`); the recorder, or
+        None if the context is not one to record."""
+        from . import tracing
+
+        c = msg.content
+        module = str(c.get("module", ""))
+        if msg.msg_type == WB_CALL:
+            function = str(c.get("function", ""))
+            name, attributes = f"{module_name_for(module)}/{function}", tracing.rpc_attributes(module, function)
+        elif msg.msg_type == WB_IMPORT:
+            name, attributes = f"import {module_name_for(module)}", tracing.rpc_attributes(module, "<import>")
+        else:
+            name, attributes = f"inspect {module_name_for(module)}", tracing.rpc_attributes(module, "<inspect>")
+        request.trace = tracing.server(c["trace"], name, attributes)
+        return request.trace
 
     def _wb_call(self, msg: Message) -> None:
         c = msg.content
         request = Request(msg.raw_header, msg.idents)
         try:
-            module = self.runner.module(str(c["module"]), c.get("cache_buster"))
+            if "trace" in c and self._traced(msg, request) is not None:
+                module = _load_traced(request.trace, self.runner, str(c["module"]), c.get("cache_buster"))
+            else:
+                module = self.runner.module(str(c["module"]), c.get("cache_buster"))
             fn, is_async = self.runner.function(module, str(c["function"]))
             args = decode_value(c.get("args", []), msg.buffers)
             kwargs = decode_value(c.get("kwargs", {}), msg.buffers)
@@ -346,12 +380,13 @@ class WorkerKernel:
         self._sync_depth += 1
         self._sync_calls.append(msg.msg_id)
         error: BaseException | None = None
+        trace = request.trace
         try:
-            self.runner.before(context)
+            _hook(trace, self.runner, "before_call", context) if trace else self.runner.before(context)
             try:
                 value = fn(*args, **kwargs) if self.loop is None else self._outside_loop(fn, args, kwargs)
             finally:
-                self.runner.after(context)
+                _hook(trace, self.runner, "after_call", context) if trace else self.runner.after(context)
         except BaseException as exc:
             error = exc
         finally:
@@ -384,12 +419,13 @@ class WorkerKernel:
     ) -> None:
         current_request.set(request)
         current.set(context)
+        trace = request.trace
         try:
-            self.runner.before(context)
+            _hook(trace, self.runner, "before_call", context) if trace else self.runner.before(context)
             try:
                 value = await fn(*args, **kwargs)
             finally:
-                self.runner.after(context)
+                _hook(trace, self.runner, "after_call", context) if trace else self.runner.after(context)
         except BaseException as exc:  # CancelledError included: an interrupted call still gets its reply
             _flush_streams()
             self._error_reply(self.shell, msg, exc, request)
@@ -407,24 +443,42 @@ class WorkerKernel:
         except (Unencodable, TypeError) as exc:
             self._error_reply(self.shell, msg, exc, request)
             return
-        self._reply(self.shell, msg, {"status": "ok", "value": encoded, "outputs": request.outputs}, buffers)
+        content = {"status": "ok", "value": encoded, "outputs": request.outputs}
+        if request.trace is not None:
+            content["spans"] = request.trace.finish()
+        self._reply(self.shell, msg, content, buffers)
 
     def _wb_import(self, msg: Message) -> None:
+        c = msg.content
+        request = Request(msg.raw_header, msg.idents)
         try:
-            self.runner.module(str(msg.content["module"]), msg.content.get("cache_buster"))
+            if "trace" in c:
+                self._traced(msg, request)
+            self.runner.module(str(c["module"]), c.get("cache_buster"))
         except BaseException as exc:
-            self._error_reply(self.shell, msg, exc, None)
+            self._error_reply(self.shell, msg, exc, request)
             return
-        self._reply(self.shell, msg, {"status": "ok"})
+        content: dict[str, Any] = {"status": "ok"}
+        if request.trace is not None:
+            content["spans"] = request.trace.finish()
+        self._reply(self.shell, msg, content)
 
     def _wb_inspect(self, msg: Message) -> None:
+        c = msg.content
+        request = Request(msg.raw_header, msg.idents)
         try:
-            module = self.runner.module(str(msg.content["module"]), msg.content.get("cache_buster"))
+            if "trace" in c and self._traced(msg, request) is not None:
+                module = _load_traced(request.trace, self.runner, str(c["module"]), c.get("cache_buster"))
+            else:
+                module = self.runner.module(str(c["module"]), c.get("cache_buster"))
             description = self.runner.describe(module)
         except BaseException as exc:
-            self._error_reply(self.shell, msg, exc, None)
+            self._error_reply(self.shell, msg, exc, request)
             return
-        self._reply(self.shell, msg, {"status": "ok", **description})
+        content = {"status": "ok", **description}
+        if request.trace is not None:
+            content["spans"] = request.trace.finish()
+        self._reply(self.shell, msg, content)
 
     # -- worker-to-worker calls, through the broker on the stdin channel --------------------------------------
 
@@ -594,6 +648,21 @@ class WorkerKernel:
         finally:
             self.iopub.close()
             os._exit(0)
+
+
+def _load_traced(trace: Any, runner: CallRunner, module: str, cache_buster: Any) -> Any:
+    from .tracing import load
+
+    return load(trace, runner, module, cache_buster)
+
+
+def _hook(trace: Any, runner: CallRunner, name: str, context: CallContext) -> None:
+    """Run an entry hook (``before_call``, ``after_call``) in a span of its own inside the SERVER span."""
+    hook = runner.before if name == "before_call" else runner.after
+    if getattr(runner.hooks, name, None) is None:
+        hook(context)
+    else:
+        trace.run(name, "internal", {"rpc.system": "wb_magic"}, hook, context)
 
 
 def _answer(msg: Message) -> Any:

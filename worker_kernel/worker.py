@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .codec import encode_value
+from .iopub import current_request
 from .proxy import ModuleProxy, make_function
 from .runner import CallContext, current
 
@@ -62,11 +63,31 @@ class BrokerProxy:
 
     def invoke(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
         content, buffers = self._request(target, function, args, kwargs, timeout)
-        return self._kernel.broker_request(content, buffers, None)
+        request = current_request.get()
+        if request is None or request.trace is None:
+            return self._kernel.broker_request(content, buffers, None)
+        span = request.trace.client(content)  # a CLIENT span, its context in the request
+        try:
+            value = self._kernel.broker_request(content, buffers, None)
+        except BaseException as exc:
+            request.trace.end(span, exc)
+            raise
+        request.trace.end(span)
+        return value
 
     async def ainvoke(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
         content, buffers = self._request(target, function, args, kwargs, timeout)
-        return await self._kernel.abroker_request(content, buffers, None)
+        request = current_request.get()
+        if request is None or request.trace is None:
+            return await self._kernel.abroker_request(content, buffers, None)
+        span = request.trace.client(content)
+        try:
+            value = await self._kernel.abroker_request(content, buffers, None)
+        except BaseException as exc:
+            request.trace.end(span, exc)
+            raise
+        request.trace.end(span)
+        return value
 
     def describe(self, target: Any) -> None:
         return None
