@@ -198,4 +198,3 @@ def _outcome(span: WorkerSpan, event: Any) -> tuple[list[Any], Status]:
     if error["stacktrace"]:
         attributes["exception.stacktrace"] = error["stacktrace"]
     return [event("exception", attributes, span.end)], Status(StatusCode.ERROR, f"{error['type']}: {error['message']}")
-

@@ -61,22 +61,21 @@ def accept(raw: Any, parent_id: int) -> tuple[list[WorkerSpan], int]:
             refused += 1
             continue
         checked[span.span_id] = span
-    accepted = [span for span in checked.values() if _rooted(span, checked, parent_id)]
+    server = next((s.span_id for s in checked.values() if s.parent_id == parent_id and s.kind == "server"), None)
+    accepted = [span for span in checked.values() if server is not None and _descends(span, checked, server)]
     return accepted, refused + len(checked) - len(accepted)
 
 
-def _rooted(span: WorkerSpan, spans: dict[int, WorkerSpan], root: int) -> bool:
-    """Whether ``span`` hangs from ``root`` through its parents, with one SERVER span directly under ``root``."""
-    seen = 0
-    while span.parent_id != root:
+def _descends(span: WorkerSpan, spans: dict[int, WorkerSpan], server: int) -> bool:
+    """Whether ``span`` is the call's SERVER span (the first one sent under the broker's span) or hangs from it."""
+    for _ in range(len(spans)):
+        if span.span_id == server:
+            return True
         parent = spans.get(span.parent_id)
-        seen += 1
-        if parent is None or seen > len(spans):  # an unknown parent, or a cycle
+        if parent is None:
             return False
         span = parent
-    return span.kind == "server" and not any(
-        other.parent_id == root and other.kind == "server" and other.span_id < span.span_id for other in spans.values()
-    )  # one SERVER span per call: of two claimed, the one with the lower id
+    return False  # a cycle
 
 
 def _check(item: Any) -> WorkerSpan | None:

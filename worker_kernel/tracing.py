@@ -154,7 +154,9 @@ def load(recorder: Recorder, runner: Any, module: str, cache_buster: Any) -> Any
         return loaded[0]
     name = "reload" if loaded is not None or cache_buster else "import"
     attributes = {"rpc.system": "wb_magic", "rpc.service": module_name_for(module)}
-    return recorder.run(f"{name} {module_name_for(module)}", "internal", attributes, runner.module, module, cache_buster)
+    return recorder.run(
+        f"{name} {module_name_for(module)}", "internal", attributes, runner.module, module, cache_buster
+    )
 
 
 def _error(exc: BaseException) -> dict[str, str]:
