@@ -501,12 +501,110 @@ after != before
 """),
 ]
 
+TRACING = [
+    md("""
+# 6. Seeing a call travel: traces
+
+**What you will learn:** how to see where a call goes and where its time goes, when one call hops across
+several workers, and where in the chain it failed.
+
+wb-magic speaks **OpenTelemetry**, the standard for traces. A *trace* is the story of one piece of work: every
+step is a *span* (a name, a start, an end, a parent). When a call goes from the notebook to a worker, and from that
+worker to another, each step is a span, and all of them belong to one trace: the notebook's call is the parent of
+the first worker's work, which is the parent of its call to the next worker, and so on.
+
+`%%wb_trace` runs a cell with tracing on and then draws the trace as a *waterfall*: one row per span, indented
+under its parent, with a bar showing when it ran.
+
+We build a chain of three workers: a `checkout` that asks an `inventory`, which asks a `warehouse`.
+"""),
+    code("%load_ext wb_magic"),
+    code('''
+%%wb_module warehouse
+shelves = {"apple": 10, "pear": 3}
+
+
+def take(item, count):
+    """Take items off the shelf; an item we never stocked is an error."""
+    if item not in shelves:
+        raise LookupError(f"the warehouse has never stocked {item!r}")
+    shelves[item] -= count
+    return shelves[item]
+'''),
+    code("""
+%%wb_module inventory
+from worker_kernel import broker_proxy
+
+warehouse = broker_proxy().worker_proxy("./warehouse.py")
+
+
+def reserve(item, count):
+    left = warehouse.take(item, count)
+    return {"item": item, "reserved": count, "left": left}
+"""),
+    code("""
+%%wb_module checkout
+from worker_kernel import broker_proxy
+
+inventory = broker_proxy().worker_proxy("./inventory.py")
+
+
+def buy(item, count=1):
+    print(f"checkout: {count} x {item}")
+    return inventory.reserve(item, count)
+"""),
+    md("""
+A first call starts the three workers and imports their modules:
+"""),
+    code("""
+%wb_proxy checkout
+checkout.buy("apple")
+"""),
+    md("""
+Now the same call, traced. The cell runs as usual (its output comes first), then the waterfall:
+"""),
+    code("""
+%%wb_trace
+checkout.buy("apple", 2)
+"""),
+    md("""
+Read it from the top:
+
+- **host** rows are your notebook's process: the cell itself, and the *client* span of the call it made.
+- The **checkout** worker's *server* span is the function running there; inside it, its own *client* span for
+  its call to the inventory.
+- The purple **route** row is the broker, in your notebook's process, passing that call on: workers never talk to
+  each other directly. It stamps who is calling, and can refuse.
+- Then the **inventory** worker, and in the same way the **warehouse** worker, at the bottom of the chain.
+
+Each bar starts where its span began and is as long as it lasted (the whole width is the whole cell). The times
+change from run to run; the shape of the chain does not.
+
+Now a call that fails at the bottom of the chain: the warehouse has never stocked unicorns.
+"""),
+    code("""
+%%wb_trace
+checkout.buy("unicorn")
+""", RAISES),
+    md("""
+The error is shown as usual (with the traceback from the worker where it was raised), and in the waterfall every
+span it went through is **red**, from the warehouse where it was raised up to your cell: the error travels back
+along the same chain. The deepest red row is where to look first.
+
+The same traces can go to any OpenTelemetry backend (Jaeger, Tempo, Honeycomb, ...): turn on
+`WorkerBrokerInstrumentor` with your tracer provider and exporter, or run your program under
+`opentelemetry-instrument`. The workers send their spans through the broker, so you set up one exporter, in your
+process, not one per worker. `docs/telemetry.md` has the details.
+"""),
+]
+
 NOTEBOOKS = {
     "01_hello": HELLO,
     "02_isolation": ISOLATION,
     "03_reload": RELOAD,
     "04_worker_to_worker": WORKER_TO_WORKER,
     "05_failures": FAILURES,
+    "06_tracing": TRACING,
 }
 
 

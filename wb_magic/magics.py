@@ -8,6 +8,7 @@ One `WorkerBroker` serves the whole IPython session (`get_broker`); it is closed
     %%wb_module NAME
     %wb_shutdown [-s SEGREGATION_ID] TARGET | --all
     %wb_debug on|off
+    %%wb_trace
 
 A TARGET is the name of a ``%%wb_module`` cell, a path to a ``.py`` file (relative to the working directory),
 a ``file://`` URL or a dotted module name. Bad input raises `UsageError`, which IPython shows as one line.
@@ -292,6 +293,31 @@ class WorkerBrokerMagics(Magics):
         self._cells_dir = None
 
     # %wb_shutdown
+
+    @cell_magic
+    def wb_trace(self, line: str, cell: str) -> None:
+        """Run the cell with every call to a worker traced, then draw the trace: a waterfall of the host's calls,
+        each worker's spans, the broker's routing between workers, errors in red."""
+        from IPython.display import display
+
+        try:
+            from .telemetry import record_trace
+        except ImportError:
+            raise UsageError("%%wb_trace needs OpenTelemetry: pip install 'wb-magic[otel]' opentelemetry-sdk") from None
+        from .waterfall import Waterfall
+
+        shell = self.shell
+        assert shell is not None
+
+        def run() -> BaseException | None:
+            result = shell.run_cell(cell, store_history=False)
+            return result.error_in_exec or result.error_before_exec
+
+        try:
+            spans = record_trace(run)
+        except ImportError as exc:
+            raise UsageError(str(exc)) from None
+        display(Waterfall(spans))
 
     @magic_arguments()
     @argument("--all", dest="everything", action="store_true", help="shut down every worker")

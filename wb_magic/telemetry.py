@@ -26,7 +26,7 @@ function's name, span names ``service/method``. docs/telemetry.md has the span t
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from opentelemetry import trace
@@ -188,6 +188,48 @@ class CallTrace:
                     instrumentation_scope=scope,
                 )
             )
+
+
+def record_trace(action: Callable[[], BaseException | None], name: str = "%%wb_trace") -> list[Any]:
+    """Run ``action()`` inside a span of its own with every wb-magic call traced; the spans of that trace.
+
+    The spans go to a tracer provider of this function's own (an in-memory exporter), and also to the span
+    processors of the provider the instrumentor was given, if it is the SDK's, so that exporters set up for the
+    session see them too. ``action`` returns the exception the span should record, if it failed. Needs the
+    OpenTelemetry SDK (`ImportError` saying how to install it otherwise)."""
+    try:
+        from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    except ImportError:
+        raise ImportError(
+            "tracing a cell needs the OpenTelemetry SDK: pip install opentelemetry-sdk (wb-magic[test] has it)"
+        ) from None
+    previous = tracing.tracer
+    session = previous.sdk_tracer() if isinstance(previous, BrokerTracer) else None
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False, **({"resource": session.resource} if session else {}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    if session is not None:
+        processor = session.span_processor
+
+        class Forward(SpanProcessor):  # passes spans on to the session's processors, and never shuts them down
+            def on_end(self, span: Any) -> None:
+                processor.on_end(span)
+
+        provider.add_span_processor(Forward())
+    tracer = BrokerTracer(provider)
+    tracing.tracer = tracer
+    try:
+        with tracer.tracer.start_as_current_span(name, record_exception=False) as root:
+            failure = action()
+            if failure is not None:
+                root.record_exception(failure)
+                root.set_status(Status(StatusCode.ERROR, f"{type(failure).__name__}: {failure}"))
+    finally:
+        tracing.tracer = previous
+    trace_id = root.get_span_context().trace_id
+    return [span for span in exporter.get_finished_spans() if span.context.trace_id == trace_id]
 
 
 def _outcome(span: WorkerSpan, event: Any) -> tuple[list[Any], Status]:
