@@ -561,3 +561,55 @@ def test_cell_folders_of_killed_sessions_are_removed(tmp_path, monkeypatch):
     magics._remove_orphaned_cells()
     assert not orphan.exists()
     assert alive.exists() and other.exists()
+
+
+# -- %%wb_trace ------------------------------------------------------------------------------------------------
+
+
+def traced(ip, source: str):
+    """Run a %%wb_trace cell; (the waterfall's text, its HTML, what the cell printed)."""
+    formatter = ip.display_formatter
+    types = formatter.active_types
+    formatter.active_types = [*types, "text/html"]  # as in a notebook (the test shell is a terminal's)
+    try:
+        with capture_output() as out:
+            ip.run_cell(f"%%wb_trace\n{source}")
+    finally:
+        formatter.active_types = types
+    (picture,) = [o.data for o in out.outputs if "text/html" in o.data]
+    return picture["text/plain"], picture["text/html"], ANSI.sub("", out.stdout + out.stderr)
+
+
+def test_wb_trace_draws_a_call_across_workers(ip):
+    ok(ip, "%%wb_module tr_back\ndef double(x):\n    return 2 * x\n")
+    ok(ip, "%%wb_module tr_front\nfrom worker_kernel import broker_proxy\n"
+           "back = broker_proxy().worker_proxy('./tr_back.py')\n"
+           "def hop(x):\n    print('hopping')\n    return back.double(x) + 1\n")  # fmt: skip
+    ok(ip, "%wb_proxy tr_front")
+    text, page, printed = traced(ip, "print(tr_front.hop(20))")
+    assert "hopping" in printed and "41" in printed  # the cell ran as usual
+    lines = [line.split("[")[0].rstrip() for line in text.splitlines()]
+    assert lines[0] == "%%wb_trace: 7 spans, 2 workers"
+    assert [line.split()[0] for line in lines[1:]] == ["host", "host", "tr_front", "tr_front", "host", "tr_back",
+                                                       "tr_back"]  # fmt: skip
+    assert "route tr_back/double (internal)" in text
+    assert "<script" not in page and page.count('class="wb-bar"') == 7
+    assert wb_magic.tracing.tracer is None  # tracing is off again after the cell
+
+
+def test_wb_trace_marks_errors_and_escapes_what_a_worker_names(ip):
+    hostile = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    ok(ip, f"%%wb_module tr_bad\ndef fail():\n    raise ValueError({hostile!r})\n")
+    ok(ip, "%wb_proxy tr_bad")
+    text, page, printed = traced(ip, "tr_bad.fail()")
+    assert "ValueError" in printed  # the error is shown as usual
+    assert "an error raised in tr_bad/fail (tr_bad)" in text.splitlines()[0]
+    assert "<script" not in page and "<img" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert 'fill="#d62728"' in page  # red bars
+
+
+def test_wb_trace_without_the_sdk_says_how_to_install_it(ip, monkeypatch):
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # as if opentelemetry-sdk were not installed
+    line = usage_error(ip, "%%wb_trace\n1 + 1")
+    assert "pip install opentelemetry-sdk" in line
