@@ -4,14 +4,48 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
-from wb_magic import WorkerBroker
+# The suite's own Jupyter runtime folder (where every worker's connection file goes), set before anything asks
+# Jupyter for it: other suites running on the machine write to the shared one, and a check of what this suite
+# leaves behind must not see their files.
+RUNTIME_DIR = Path(tempfile.mkdtemp(prefix="wb-magic-tests-runtime-"))
+os.environ["JUPYTER_RUNTIME_DIR"] = str(RUNTIME_DIR)
+
+from wb_magic import WorkerBroker  # noqa: E402
+from wb_magic.launcher import remove_orphaned_connection_files  # noqa: E402
 
 WORKERS = Path(__file__).parent / "workers"
+
+
+def dead_workers_files() -> list[str]:
+    """Connection files in the runtime folder whose worker no longer runs: no live process was started with
+    the file on its command line (``python -m worker_kernel -f FILE``)."""
+    files = {str(path) for path in RUNTIME_DIR.glob("wb-worker-*.json")}
+    if not files:
+        return []
+    for process in psutil.process_iter(["cmdline"]):
+        files.difference_update(process.info["cmdline"] or ())
+    return sorted(os.path.basename(path) for path in files)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_connection_files_of_dead_workers():
+    """After each test module: every worker that ended has had its connection file removed."""
+    yield
+    assert dead_workers_files() == [], "connection files of workers that have ended were left behind"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(RUNTIME_DIR, ignore_errors=True)
 
 
 @pytest.fixture
@@ -43,3 +77,51 @@ def kernel_spec_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     os.environ["JUPYTER_PATH"] = str(root)
     return root
+
+
+# What a host script calls once its worker runs: it tells the test the worker's pid, waits for the word, and
+# ends without closing its broker (killed, or by os._exit), as a host that crashes would.
+_HOST_PRELUDE = """
+import os, sys
+
+def end_when_told(worker_pid, how):
+    sys.__stdout__.write(f"{worker_pid}\\n")
+    sys.__stdout__.flush()
+    sys.stdin.readline()
+    if how == "kill":
+        os.kill(os.getpid(), 9)
+    os._exit(0)
+
+"""
+
+
+@pytest.fixture
+def host_that_ends() -> Callable[[str, int], None]:
+    """Run a script as a host that starts a worker and calls ``end_when_told(pid, "kill" | "exit")``; check
+    that the worker ends with its host and that its connection file, which the host could not remove, is
+    removed by the next broker to launch a worker (`remove_orphaned_connection_files`)."""
+
+    def run(script: str, exit_code: int) -> None:
+        host = subprocess.Popen(
+            [sys.executable, "-c", _HOST_PRELUDE + script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            line = host.stdout.readline()  # type: ignore[union-attr]
+            assert line.strip().isdigit(), f"the host did not report its worker: {line!r}"
+            worker = psutil.Process(int(line))
+            assert worker.ppid() == host.pid  # the host's worker, running
+            command = worker.cmdline()
+            connection_file = command[command.index("-f") + 1]
+            assert os.path.isfile(connection_file)
+            host.stdin.write("end\n")  # type: ignore[union-attr]
+            host.stdin.flush()  # type: ignore[union-attr]
+            assert host.wait(timeout=60) == exit_code
+            worker.wait(timeout=30)  # psutil.TimeoutExpired if the worker outlives its host
+        finally:
+            host.kill()
+            host.wait()
+        remove_orphaned_connection_files()
+        assert not os.path.exists(connection_file)
+        assert not [name for name in os.listdir(RUNTIME_DIR) if name.startswith(f"wb-worker-{host.pid}-")]
+
+    return run

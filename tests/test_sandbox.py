@@ -644,28 +644,17 @@ def test_best_effort_runs_with_a_loud_warning(capfd):
     assert re.search(r"WARNING: .*best-effort: NOT ENFORCED: .*Landlock is not available", err)
 
 
-def test_a_sandboxed_worker_ends_with_its_host(tmp_path):
-    script = tmp_path / "host.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import os, sys
-            from wb_magic import Permissions, WorkerBroker, WorkerSpec
-            spec = WorkerSpec(permissions=Permissions(read=[{ATTACKS!r}]))
-            broker = WorkerBroker(worker_constructor=lambda m, s: spec)
-            broker.worker_proxy({ATTACKS!r}).hello("x")
-            print(broker.worker_for({ATTACKS!r}).pid, flush=True)
-            os._exit(0)
-            """
-        )
+def test_a_sandboxed_worker_ends_with_its_host(host_that_ends):
+    script = textwrap.dedent(
+        f"""
+        from wb_magic import Permissions, WorkerBroker, WorkerSpec
+        spec = WorkerSpec(permissions=Permissions(read=[{ATTACKS!r}]))
+        broker = WorkerBroker(worker_constructor=lambda m, s: spec)
+        broker.worker_proxy({ATTACKS!r}).hello("x")
+        end_when_told(broker.worker_for({ATTACKS!r}).pid, "exit")
+        """
     )
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True)
-    pid = int(out.stdout.split()[-1])
-    try:
-        worker = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    worker.wait(timeout=30)  # the worker's pidfd on its host fires: it exits
+    host_that_ends(script, 0)  # the worker's pidfd on its host fires: it exits
 
 
 # -- the API --------------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import jupyter_kernel_test
-import psutil
 import pytest
 from jupyter_client.manager import start_new_kernel
 
@@ -108,16 +107,14 @@ def test_importing_worker_kernel_stays_light():
     assert out.strip() == "[]"
 
 
-def test_worker_exits_when_its_host_dies(tmp_path, workers_dir):
+def test_worker_exits_when_its_host_dies(workers_dir, host_that_ends):
     """A worker launched by a process that is killed must not outlive it."""
     script = (
-        "import os, sys\n"
         "from wb_magic import WorkerBroker\n"
         "b = WorkerBroker()\n"
-        f"print(b.worker_proxy({str(workers_dir / 'values.py')!r}).pid(), flush=True)\n"
-        "os.kill(os.getpid(), 9)\n"
+        f"end_when_told(b.worker_proxy({str(workers_dir / 'values.py')!r}).pid(), 'kill')\n"
     )
-    _assert_worker_ends_with_its_host(script)
+    host_that_ends(script, -9)
 
 
 def test_a_worker_whose_host_ended_before_it_started_exits(tmp_path):
@@ -135,35 +132,23 @@ def test_a_worker_whose_host_ended_before_it_started_exits(tmp_path):
         worker.kill()
 
 
-def _assert_worker_ends_with_its_host(script: str) -> None:
-    """Run ``script`` as a host that prints its worker's pid and then is killed; the worker must end too."""
-    host = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert host.returncode == -9
-    worker_pid = int(host.stdout.strip())
-    try:
-        process = psutil.Process(worker_pid)
-    except psutil.NoSuchProcess:
-        return
-    process.wait(timeout=30)  # raises if the worker lives on
-
-
-def test_a_busy_worker_exits_when_its_host_dies(workers_dir):
+def test_a_busy_worker_exits_when_its_host_dies(workers_dir, host_that_ends):
     """Even in the middle of a long call (its main thread busy), a worker must not outlive its host."""
     script = (
-        "import io, os, sys\n"
+        "import io\n"
         "from wb_magic import WorkerBroker\n"
         "b = WorkerBroker(warm_workers=0)\n"
         f"values = b.worker_proxy({str(workers_dir / 'values.py')!r})\n"
-        "print(values.pid(), flush=True)\n"
+        "pid = values.pid()\n"
         "class Die(io.StringIO):\n"
         "    def write(self, text):\n"
-        "        if 'waiting' in text:\n"
-        "            os.kill(os.getpid(), 9)  # the host dies while the worker is inside the call\n"
+        "        if 'waiting' in text:  # the worker is inside the call: the host dies now\n"
+        "            end_when_told(pid, 'kill')\n"
         "        return len(text)\n"
         "sys.stdout = Die()\n"
         "values.wait_for_file('/nonexistent/never')\n"
     )
-    _assert_worker_ends_with_its_host(script)
+    host_that_ends(script, -9)
 
 
 def test_sigint_interrupts_running_code_and_is_ignored_when_idle(kernel_spec_dir):

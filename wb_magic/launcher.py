@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +131,46 @@ def runtime_dir() -> str:
     return path
 
 
+# a worker's connection file names the process that launched it: wb-worker-<host pid>-<random>.json
+CONNECTION_FILE = re.compile(r"wb-worker-(?P<host>[0-9]+)-[0-9a-f]+\.json(?:\.refused)?")
+
+
+def connection_file_name() -> str:
+    """A new worker's connection file name (in `runtime_dir`), naming this process as its host."""
+    return f"wb-worker-{os.getpid()}-{os.urandom(8).hex()}.json"
+
+
+def remove_orphaned_connection_files() -> list[str]:
+    """Delete the connection files (and refusal notes) of workers whose host process no longer runs.
+
+    A host that is killed cannot clean up after its workers; they exit when it does (they watch it), and this
+    removes what they left. Jupyter's server does the same with its ``jpserver-<pid>.json`` files. Returns the
+    names removed.
+    """
+    folder = runtime_dir()
+    removed = []
+    for name in os.listdir(folder):
+        match = CONNECTION_FILE.fullmatch(name)
+        if match is None or _runs(int(match["host"])):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+        except FileNotFoundError:  # another host swept it first
+            continue
+        removed.append(name)
+    return removed
+
+
+def _runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process
+        return True
+    return True
+
+
 class _OneSpec(KernelSpecManager):
     """Hands jupyter_client the kernel spec of one worker, without a search of the kernel spec folders."""
 
@@ -160,7 +201,8 @@ def launch(spec: WorkerSpec, module: str | None = None, output: WorkerOutput | N
         manager = KernelManager(kernel_name="wb-worker", kernel_spec_manager=_OneSpec(kernel_spec))
     # every worker's connection file (and so its key) goes in the private runtime folder that sandboxed workers
     # can never reach, not in the temporary folder where jupyter_client would put it
-    manager.connection_file = os.path.join(runtime_dir(), f"wb-worker-{os.urandom(8).hex()}.json")
+    remove_orphaned_connection_files()
+    manager.connection_file = os.path.join(runtime_dir(), connection_file_name())
     kwargs: dict[str, Any] = {"env": spec.environment()}
     if spec.cwd:
         kwargs["cwd"] = spec.cwd
