@@ -1,4 +1,4 @@
-"""A short scripted tour of wb-magic: ``make demo`` runs it (until the example web app lands)."""
+"""A short scripted tour of wb-magic: ``make tour`` runs it (``python -m examples.tour`` from the clone)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def main() -> None:
         step("segregated workers: same module, own process, own state")
         for tenant in ("alice", "bob", "alice"):
             proxy = broker.worker_proxy((MODULES / "greeter.py", tenant))
-            proxy.greet_twice(tenant)
+            print(f">>> greeter for {tenant}: greet_twice({tenant!r}) ->", proxy.greet_twice(tenant))
 
         step("the workers now running")
         for info in broker.workers:

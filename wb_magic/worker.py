@@ -61,6 +61,8 @@ class WorkerInfo:
     calls: int
     pending: int
     last_used: float  # wall-clock time (time.time()) of the last call or lookup
+    # the Jupyter connection file of a worker the broker launched: ``jupyter console --existing FILE`` attaches
+    connection_file: str | None = None
 
 
 class Worker:
@@ -105,8 +107,13 @@ class Worker:
     def info(self) -> WorkerInfo:
         return WorkerInfo(
             self.key, self.module, self.segregation_id, self.pid, self.state, self.calls, len(self.pending),
-            time.time() - (time.monotonic() - self.last_used),
+            time.time() - (time.monotonic() - self.last_used), self.connection_file,
         )  # fmt: skip
+
+    @property
+    def connection_file(self) -> str | None:
+        """Where the worker's ports and key are written (None for a worker that something else started)."""
+        return getattr(self.manager, "connection_file", None) or None
 
     def exit_status(self) -> str:
         """How the process ended, for error messages: an exit code or a signal name, and why when we know: the

@@ -4,15 +4,16 @@ They live in `worker_kernel` because code inside a worker meets them too (a work
 or find its target dead); `wb_magic.errors` re-exports them for the host::
 
     WorkerBrokerError              root of everything wb-magic raises on its own account
-    ├── RemoteError                the worker raised an exception of a type that is not a Python built-in
+    ├── RemoteError                the worker raised an exception of a type the caller cannot rebuild
     ├── NoSuchFunction             the module has no such exported function (also an `AttributeError`)
-    ├── WorkerDied                 the worker process ended (or stopped answering) while a call was pending
-    ├── WorkerStartError           a worker could not be launched or its module could not be imported
+    ├── WorkerDied                 the worker ended, stopped answering or was removed while a call was pending
+    ├── WorkerStartError           a worker could not be launched (or ``max_workers`` already run)
     └── CallTimeout                the call took longer than its timeout (also a `TimeoutError`)
 
-An exception of a built-in type raised inside a worker (``ValueError``, ``KeyError``, ...) is raised in the
-caller as that same type, with the remote traceback in ``remote_traceback`` and in its notes. A denial by the
-sandbox arrives as `PermissionError`; a value the codec cannot carry as `TypeError`.
+An exception of a built-in type raised inside a worker (``ValueError``, ``KeyError``, ...), or of a type
+registered with ``register_marshaller`` on both sides, is raised in the caller as that same type, with the
+remote traceback in ``remote_traceback`` and in its notes. A denial by the sandbox arrives as `PermissionError`;
+a module that cannot be found as `ModuleNotFoundError`; a value the codec cannot carry as `TypeError`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class WorkerDied(WorkerBrokerError):
 
 
 class WorkerStartError(WorkerBrokerError):
-    """A worker could not be launched, or its target module could not be found."""
+    """A worker could not be launched (its command failed, or ``max_workers`` workers already run)."""
 
 
 class CallTimeout(WorkerBrokerError, TimeoutError):

@@ -9,5 +9,7 @@ visits = 0
 def greet_twice(name: str) -> list[str]:
     global visits
     visits += 1
-    print(f"greeter: visit {visits}, called by {current_call().source_module or 'the host'}")
+    call = current_call()
+    worker = f"greeter of {call.segregation_id}" if call.segregation_id else "greeter"
+    print(f"{worker}: visit {visits}, called by {call.source_module or 'the host'}")
     return [hello.hello(name), hello.hello(name.upper())]
