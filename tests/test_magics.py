@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -174,6 +175,10 @@ def test_wb_proxy_finds_dotted_modules(ip):
         ("%wb_workers everything", "%wb_workers takes no arguments"),
         ("%wb_shutdown", "%wb_shutdown needs a TARGET, or --all"),
         ("%wb_shutdown --all hello.py", "takes a TARGET or --all, not both"),
+        ("%wb_shutdown nothere", "no %%wb_module, file or module named 'nothere'"),
+        ("%wb_reload nothere", "no %%wb_module, file or module named 'nothere'"),
+        ("%wb_shutdown nothere.py", "no module file 'nothere.py'"),
+        ("%wb_reload nothere.py", "no module file 'nothere.py'"),
         ("%wb_debug loud", "%wb_debug takes on or off, not 'loud'"),
         ("%%wb_module\nx = 1", "the following arguments are required: name"),
         ("%%wb_module my-module\nx = 1", "NAME must be a Python identifier, not 'my-module'"),
@@ -299,13 +304,36 @@ def test_wb_workers_lists_the_live_workers(ip, workers_dir, monkeypatch):
     ok(ip, "%wb_proxy -s alice counter.py alice")
     ok(ip, "counter.increment(); alice.increment(); alice.increment()")
     lines = shown(ip, "%wb_workers").splitlines()
-    assert lines[0].split() == ["key", "module", "segregation", "id", "pid", "state", "calls", "last", "used", "memory"]
+    assert lines[0].split() == [
+        "key", "module", "segregation", "id", "pid", "state", "calls", "last", "used", "memory", "connection", "file"
+    ]  # fmt: skip
     rows = {line.split()[0] + line.split()[1]: line for line in lines[1:]}
     assert set(rows) == {"counter.pycounter.py", "counter.py[alice]"}
     alice = rows["counter.py[alice]"].split()
-    pid = next(w.pid for w in wb_magic.get_broker().workers if w.segregation_id == "alice")
-    assert alice[2:6] == ["counter.py", "alice", str(pid), "idle"]
-    assert re.search(r"\d+ \s*(just now|\d+ s ago)\s+\d+\.\d MiB$", rows["counter.py[alice]"])
+    info = next(w for w in wb_magic.get_broker().workers if w.segregation_id == "alice")
+    assert alice[2:6] == ["counter.py", "alice", str(info.pid), "idle"]
+    assert re.search(r"\d+ \s*(just now|\d+ s ago)\s+\d+\.\d MiB\s+wb-worker-\S+\.json$", rows["counter.py[alice]"])
+    assert alice[-1] == os.path.basename(info.connection_file) and os.path.isfile(info.connection_file)
+
+
+def test_a_console_attaches_to_a_worker_by_the_name_wb_workers_shows(ip, workers_dir, monkeypatch):
+    """``jupyter console --existing NAME`` (the console extra), as docs/notebooks.md says, runs code in the
+    worker's module, with its state; the worker serves on after the console leaves."""
+    monkeypatch.chdir(workers_dir)
+    ok(ip, "%wb_proxy counter.py")
+    assert ok(ip, "counter.increment(); counter.increment()") == 2
+    name = shown(ip, "%wb_workers").splitlines()[1].split()[-1]
+    console = subprocess.run(
+        [sys.executable, "-m", "jupyter_console", "--existing", name, "--simple-prompt"],
+        input="count * 10\nincrement()\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert console.returncode == 0, console.stderr
+    assert "Out[1]: 20" in console.stdout and "Out[2]: 3" in console.stdout
+    assert "keeping kernel alive" in console.stdout
+    assert ok(ip, "counter.increment()") == 4  # the console's call counted in the same worker
 
 
 def test_the_workers_table_in_html_escapes_everything(ip, workers_dir):
@@ -331,6 +359,15 @@ def test_wb_shutdown(ip, workers_dir, monkeypatch):
     assert ok(ip, "alice.increment()") == 1  # a fresh worker
     assert printed(ip, "%wb_shutdown --all") == "shut down 2 workers\n"
     assert wb_magic.get_broker().workers == []
+
+
+def test_wb_shutdown_takes_a_module_whose_file_is_gone_while_its_worker_runs(ip, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("fleeting.py").write_text("def f():\n    return 1\n")
+    ok(ip, "%wb_proxy fleeting.py")
+    Path("fleeting.py").unlink()
+    assert printed(ip, "%wb_shutdown fleeting.py") == "shut down 1 worker of fleeting.py\n"
+    assert "no module file 'fleeting.py'" in usage_error(ip, "%wb_shutdown fleeting.py")  # now it names nothing
 
 
 # -- %wb_debug ------------------------------------------------------------------------------------------------

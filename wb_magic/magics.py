@@ -11,7 +11,9 @@ One `WorkerBroker` serves the whole IPython session (`get_broker`); it is closed
     %%wb_trace
 
 A TARGET is the name of a ``%%wb_module`` cell, a path to a ``.py`` file (relative to the working directory),
-a ``file://`` URL or a dotted module name. Bad input raises `UsageError`, which IPython shows as one line.
+a ``file://`` URL or a dotted module name. Bad input raises `UsageError`, which IPython shows as one line; so
+does a TARGET that names none of these (``%wb_shutdown`` also takes a module whose workers run on after its
+file was removed).
 
 The extension also shows exceptions that come from a worker in IPython's style: the local traceback without
 the broker's own frames, then the remote traceback. Everything a worker sends is shown as text only: the
@@ -50,6 +52,7 @@ from worker_kernel.loader import is_file_spec, module_name_for, resolve_module
 from . import debug
 from .broker import WorkerBroker
 from .errors import WorkerBrokerError
+from .launcher import runtime_dir
 from .worker import WorkerInfo
 
 __all__ = ["WorkerBrokerMagics", "get_broker", "load_ipython_extension", "unload_ipython_extension"]
@@ -339,6 +342,8 @@ class WorkerBrokerMagics(Magics):
             raise UsageError("%wb_shutdown needs a TARGET, or --all to shut down every worker")
         module, label = self._module(args.target, must_exist=False)
         ids = [w.segregation_id for w in broker.workers if w.module == module]
+        if not ids:
+            self._module(args.target)  # a target that names nothing is a UsageError, as in the other magics
         if args.segregation_id is not None:
             ids = [i for i in ids if i == args.segregation_id]
         count = sum(broker.remove_worker((module, i)) for i in ids)
@@ -436,7 +441,7 @@ def _short_path(module: str) -> str:
 
 # -- the workers table ----------------------------------------------------------------------------------------
 
-_COLUMNS = ("key", "module", "segregation id", "pid", "state", "calls", "last used", "memory")
+_COLUMNS = ("key", "module", "segregation id", "pid", "state", "calls", "last used", "memory", "connection file")
 _NUMERIC = {"pid", "calls", "memory", "last used"}
 
 
@@ -450,11 +455,12 @@ class WorkerRow:
     calls: int
     last_used: str
     memory: str
+    connection_file: str  # what ``jupyter console --existing`` takes to attach to the worker
 
     def cells(self) -> tuple[str, ...]:
         return (
             self.key, self.module, self.segregation_id, self.pid, self.state, str(self.calls), self.last_used,
-            self.memory,
+            self.memory, self.connection_file,
         )  # fmt: skip
 
 
@@ -525,6 +531,7 @@ def _row(info: WorkerInfo, label: Any) -> WorkerRow:
         calls=info.calls,
         last_used=_age(info.last_used),
         memory=_memory(info.pid),
+        connection_file=_connection_file(info.connection_file),
     )
 
 
@@ -537,6 +544,14 @@ def _age(stamp: float) -> str:
     if age < 7200:
         return f"{age / 60:.0f} min ago"
     return f"{age / 3600:.0f} h ago"
+
+
+def _connection_file(path: str | None) -> str:
+    """A connection file as ``jupyter console --existing`` takes it: its name alone if it is in Jupyter's runtime
+    folder (where the console looks), else its path."""
+    if not path:
+        return ""
+    return os.path.basename(path) if os.path.dirname(path) == runtime_dir() else path
 
 
 def _memory(pid: int | None) -> str:
