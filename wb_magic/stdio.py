@@ -5,15 +5,15 @@ off, write escape sequences to it (the window title, the clipboard through OSC 5
 through ``/proc/self/fd/1``, or truncate the host's log file and write lines that look like the host's. So a
 sandboxed worker starts with ``/dev/null`` as its stdin and one pipe as its stdout and stderr. The host reads the
 pipe on the broker's pump and writes what arrives to its own ``sys.stderr``, as text: line by line, each line
-labelled with the worker, terminal control characters removed, lines cut at `MAX_LINE` characters, and at most
-`BURST` bytes at once and `RATE` bytes a second after that (the rest is dropped, and one line says so). A crash's
-traceback still reaches the user: what is left in the pipe is read before the worker's calls fail.
+labelled with the worker, terminal control characters removed (`safe_text.printable`), lines cut at `MAX_LINE`
+characters, and at most `BURST` bytes at once and `RATE` bytes a second after that (the rest is dropped, and one
+line says so). A crash's traceback still reaches the user: what is left in the pipe is read before the worker's
+calls fail.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -22,25 +22,13 @@ from typing import Any
 
 from worker_kernel.permissions import Permissions
 
+from .safe_text import printable
+
 MAX_LINE = 2000  # characters of one line shown; a longer line is cut, and the cut marked
 BURST = 64 * 1024  # bytes shown at once ...
 RATE = 16 * 1024  # ... and a second after that, from one worker
 READ_SIZE = 64 * 1024  # read from one worker's pipe in one turn of the pump
 CLOSING_READS = 16  # at most, when the worker ends: a pipe holds 64 KiB unless its owner enlarges it
-
-# What a worker's text must not carry to the host's terminal or log: C0 controls but the tab (escape sequences,
-# the bell, a carriage return that would overwrite the label), DEL and C1 controls (0x9B is a one-byte CSI), and
-# the invisible characters that reorder or hide text (bidirectional overrides and isolates, zero-width
-# characters, line and paragraph separators, tags).
-_UNSAFE = re.compile(
-    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff"
-    "\ufff9-\ufffb\U000e0000-\U000e007f]"
-)
-
-
-def clean(text: str) -> str:
-    """``text`` without terminal control characters and invisible reordering characters (one line's worth)."""
-    return _UNSAFE.sub("", text)
 
 
 class WorkerOutput:
@@ -142,10 +130,10 @@ class WorkerOutput:
         return shown
 
     def _write(self, lines: list[bytes]) -> None:
-        label = clean(self._describe())
+        label = printable(self._describe()).replace("\n", " ")  # one line, whatever the file is called
         out = []
         for raw in lines:
-            line = clean(raw.decode("utf-8", "replace"))
+            line = printable(raw.decode("utf-8", "replace"))
             if len(line) > MAX_LINE:
                 line = line[:MAX_LINE] + " [wb-magic: line cut]"
             out.append(f"[{label}] {line}\n")

@@ -313,6 +313,9 @@ def _exception_marshaller(exc: BaseException) -> Marshaller | None:
     return None
 
 
+REMOTE_TRACEBACK_NOTE = "Remote traceback (from the worker):"  # the first line of the note a rebuilt exception gets
+
+
 def exception_from_wire(content: dict[str, Any], buffers: list[Any]) -> BaseException:
     """Rebuild an exception: a built-in type as itself, any other as `RemoteError`."""
     name = str(content.get("ename", "Exception"))
@@ -353,7 +356,7 @@ def exception_from_wire(content: dict[str, Any], buffers: list[Any]) -> BaseExce
     try:  # a registered type may refuse new attributes (a frozen dataclass, __slots__)
         exc.remote_traceback = remote_tb  # type: ignore[attr-defined]
         if remote_tb:
-            exc.add_note("Remote traceback (from the worker):\n" + remote_tb.rstrip())
+            exc.add_note(f"{REMOTE_TRACEBACK_NOTE}\n{remote_tb.rstrip()}")
     except Exception:
         pass
     return exc
