@@ -485,8 +485,10 @@ class Kernel:
                 outputs.append((kind, content))
                 if interrupt_on and kind == "stream" and interrupt_on in content["text"]:
                     self.manager.interrupt_kernel()
-        reply = self.client.get_shell_msg(timeout=timeout)
-        return reply["content"]["status"], outputs
+        while True:  # wait_for_ready may leave kernel_info replies queued before this one
+            reply = self.client.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply["content"]["status"], outputs
 
     def value(self, code: str):
         status, outputs = self.execute(code)
