@@ -4,9 +4,12 @@ by hand in it (tests/remote_host.py), and workers there reached over the veth pa
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,11 +18,13 @@ from jupyter_client.connect import write_connection_file
 from remote_host import RemoteHost, missing, remove_leftovers
 from zmq.utils.monitor import recv_monitor_message
 
-from wb_magic import WorkerBroker
+from wb_magic import WorkerBroker, WorkerSpec
+from wb_magic.kernelspec import remote_kernel_spec
 from worker_kernel.wire import Session
 
 TESTS = Path(__file__).parent
 WAIT = 60.0  # seconds: generous bounds on events that normally take milliseconds
+BROKER_TIMEOUT = 3.0  # seconds a remote worker outlives a silent broker, in these tests
 _ports = itertools.count(42000, 10)
 
 
@@ -38,6 +43,53 @@ def host(tmp_path_factory: pytest.TempPathFactory):
         yield remote
     finally:
         remote.stop()
+
+
+@pytest.fixture(scope="module")
+def remote_env(host: RemoteHost, tmp_path_factory: pytest.TempPathFactory):
+    """This process as a broker host for the test host: a HOME whose .ssh knows it, the response address on the
+    veth pair, and the ``wb-remote`` kernel spec (workers exit 3 s after their broker went silent)."""
+    data = tmp_path_factory.mktemp("remote-jupyter")
+    spec = remote_kernel_spec([host.address], sys.executable, broker_timeout=BROKER_TIMEOUT, launch_timeout=60)
+    (data / "kernels" / "wb-remote").mkdir(parents=True)
+    (data / "kernels" / "wb-remote" / "kernel.json").write_text(json.dumps(spec))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(host.home))
+        patch.setenv("JUPYTER_PATH", str(data))
+        patch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path_factory.mktemp("runtime")))
+        patch.setenv("GP_RESPONSE_IP", host.local_address)  # read when gateway_provisioners is first imported
+        patch.setenv("GP_UNAUTHORIZED_USERS", "")  # it refuses root by default, and CI runs as root
+        yield host
+
+
+REMOTE = WorkerSpec(kernel_name="wb-remote")
+
+
+def remote_broker(*remote_modules: Path, **options) -> WorkerBroker:
+    """A broker that starts the workers of ``remote_modules`` on the test host, and every other one here."""
+    remote = {str(path) for path in remote_modules}
+    return WorkerBroker(
+        worker_constructor=lambda module, sid: REMOTE if module in remote else WorkerSpec(),
+        warm_workers=0,
+        **options,
+    )
+
+
+def wait_gone(pids: set[int], timeout: float = WAIT) -> set[int]:
+    """Wait for processes of this machine (the test host's included: one pid space) to end; those that did not."""
+    left = set()
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                left.add(pid)
+        finally:
+            os.close(fd)
+    return left
 
 
 def hand_started(host: RemoteHost, name: str, *, curve: bool = True, args: tuple[str, ...] = ()) -> tuple:
@@ -131,3 +183,31 @@ def test_allow_plaintext_lets_it_listen_in_the_clear(host):
         if process.poll() is None:
             process.kill()
         process.wait(WAIT)
+
+
+REMOTE_MODULE = """
+import os
+
+def where():
+    return os.getpid(), os.path.exists(__file__)
+
+def add(a, b):
+    return a + b
+"""
+
+
+def test_a_remote_worker_runs_the_module_the_broker_ships_it(remote_env, tmp_path):
+    host = remote_env
+    module = tmp_path / "far.py"
+    module.write_text(REMOTE_MODULE)
+    with remote_broker(module) as broker:
+        far = broker.worker_proxy(module)
+        pid, file_there = far.where()
+        assert pid in host.pids() and not file_there  # on the test host, which cannot see the file
+        assert far.add(2, 3) == 5
+        module.write_text(REMOTE_MODULE.replace("a + b", "a * b"))
+        broker.worker_import(module, cache_buster="v2")
+        assert far.add(2, 3) == 6  # the new source was shipped too
+        launcher = {p for p in host.pids() if p != pid and p != host.sshd.pid}
+    assert wait_gone({pid, *launcher}) == set()  # closing the broker left nothing on the test host
+    assert host.pids() == {host.sshd.pid}

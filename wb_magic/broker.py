@@ -254,6 +254,7 @@ class WorkerBroker:
         module, segregation_id = self._resolve(target)
         key = self._key(module, segregation_id)
         worker = Worker(key, module, segregation_id, WorkerSpec(), None)
+        worker.remote = True  # it may run anywhere: it gets its modules' source from us
         with self._lock:
             current = self._workers.get(key)
             if current is not None and not current.dead:
@@ -476,6 +477,7 @@ class WorkerBroker:
         worker = Worker(None, "", None, spec, manager)
         worker.output = output
         worker.pid = process_id(manager)
+        worker.remote = bool(getattr(manager, "remote", False))
         try:
             self._connect(worker, dict(manager.get_connection_info()))
         except BaseException:
@@ -487,6 +489,8 @@ class WorkerBroker:
             if output is not None:
                 output.close()
             raise
+        if worker.remote:  # watched by its heartbeat all its life (and it exits when our heartbeats stop)
+            self._pump.soon(lambda: self._start_beating(worker))
         log.debug("started worker (pid %s) for %s", worker.pid, purpose)
         return worker
 
@@ -539,6 +543,8 @@ class WorkerBroker:
     ) -> Callable[[], None]:
         """Register ``call`` on ``worker``; returns the action that sends it, to run on the pump. ``routed`` is
         the trace context of a worker-to-worker request (a dict, perhaps empty), None for the host's own."""
+        if worker.remote:
+            content = self._with_source(worker, content)
         if tracing.tracer is not None:
             call.trace = tracing.tracer.start(worker, msg_type, content, routed)
         _, frames = worker.connection.session.message(msg_type, content, buffers=buffers, msg_id=call.msg_id)  # type: ignore[union-attr]
@@ -555,12 +561,25 @@ class WorkerBroker:
             except Exception as exc:  # never leave a call waiting for the reply to a message that did not leave
                 self._end(call, WorkerBrokerError(f"the call to worker {worker.key!r} could not be sent: {exc}"))
                 return
-            if worker.pidfd is None and not worker.beating:
-                worker.beating = True
-                worker.last_beat = now()
-                self._beat(worker)
+            if worker.pidfd is None:
+                self._start_beating(worker)
 
         return send
+
+    def _with_source(self, worker: Worker, content: dict[str, Any]) -> dict[str, Any]:
+        """``content`` with the source of its module, the first time ``worker`` (on another host) needs it
+        for that module and cache buster. Modules found by dotted name are the remote host's own."""
+        module = content.get("module")
+        shipment = (module, content.get("cache_buster"))
+        if not isinstance(module, str) or not is_file_spec(module) or shipment in worker.shipped:
+            return content
+        try:
+            with open(module, encoding="utf-8") as f:
+                source = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise WorkerBrokerError(f"cannot send the source of {module} to worker {worker.key!r}: {exc}") from exc
+        worker.shipped.add(shipment)
+        return {**content, "module_source": source}
 
     def _round_trip(
         self,
@@ -851,6 +870,10 @@ class WorkerBroker:
         except (TypeError, ValueError) as exc:  # arguments JSON cannot carry on (a lone surrogate, say)
             answer({"status": "error", **exception_to_wire(TypeError(f"the call could not be encoded: {exc}"), [])})
             return
+        except WorkerBrokerError as exc:  # the target's source could not be read to send it
+            target.pending.pop(call.msg_id, None)
+            answer({"status": "error", **exception_to_wire(exc, [])})
+            return
         send()
         if timeout:
             error = CallTimeout(f"{function}() in worker {target.key!r} took longer than {timeout} s")
@@ -866,9 +889,16 @@ class WorkerBroker:
             worker = self._workers.get(self._key(module, segregation_id))
             return worker.spec if worker is not None and not worker.dead else None
 
+    def _start_beating(self, worker: Worker) -> None:
+        if not worker.beating and not worker.dead:
+            worker.beating = True
+            worker.last_beat = now()
+            self._beat(worker)
+
     def _beat(self, worker: Worker) -> None:
-        """Ping a worker we cannot watch as a process, while it has calls; no answer for a while means dead."""
-        if worker.dead or not worker.pending:
+        """Ping a worker we cannot watch as a process (while it has calls; a remote worker always, since it
+        exits when our heartbeats stop); no answer for a while means dead."""
+        if worker.dead or not (worker.pending or (worker.remote and worker.manager is not None)):
             worker.beating = False
             return
         if now() - worker.last_beat > HEARTBEAT_TIMEOUT:

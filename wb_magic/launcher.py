@@ -19,7 +19,9 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from worker_kernel.permissions import Permissions, SandboxConfig
+from worker_kernel.transport import curve_keys, is_loopback
 
+from .provisioned import ProvisionedKernel
 from .stdio import WorkerOutput
 
 log = logging.getLogger("wb_magic")
@@ -182,23 +184,28 @@ class _OneSpec(KernelSpecManager):
         return self._spec
 
 
-def launch(spec: WorkerSpec, module: str | None = None, output: WorkerOutput | None = None) -> KernelManager:
+def launch(
+    spec: WorkerSpec, module: str | None = None, output: WorkerOutput | None = None
+) -> KernelManager | ProvisionedKernel:
     """Start a worker kernel; returns its manager with the kernel process running (perhaps not yet bound).
     ``module`` is the worker's target, which a sandboxed worker may read; ``output``, the pipes that take the
     place of the host's stdin, stdout and stderr (a sandboxed worker's, `wb_magic.stdio`)."""
     if spec.kernel_name:
-        if spec.sandboxed:  # fail closed: a kernel spec's command would not confine itself
-            raise ValueError("a sandboxed WorkerSpec launches its own command (argv), not a kernel_name")
-        manager = KernelManager(kernel_name=spec.kernel_name)
-    else:
-        kernel_spec = KernelSpec(
-            argv=spec.command(module),
-            display_name="wb-magic worker",
-            language="python",
-            interrupt_mode="message",
-            metadata={"debugger": False},
-        )
-        manager = KernelManager(kernel_name="wb-worker", kernel_spec_manager=_OneSpec(kernel_spec))
+        if spec.sandboxed:  # fail closed: a kernel spec's command (a remote launcher, say) would not confine it
+            raise ValueError(
+                f"a sandboxed WorkerSpec cannot be started through kernel spec {spec.kernel_name!r}: wb-magic "
+                "confines a worker with its own command on this host (argv), and a kernel spec's launcher, on "
+                "this host or another, would run it unconfined"
+            )
+        return _provisioned(spec)
+    kernel_spec = KernelSpec(
+        argv=spec.command(module),
+        display_name="wb-magic worker",
+        language="python",
+        interrupt_mode="message",
+        metadata={"debugger": False},
+    )
+    manager = KernelManager(kernel_name="wb-worker", kernel_spec_manager=_OneSpec(kernel_spec))
     # every worker's connection file (and so its key) goes in the private runtime folder that sandboxed workers
     # can never reach, not in the temporary folder where jupyter_client would put it
     remove_orphaned_connection_files()
@@ -216,7 +223,29 @@ def launch(spec: WorkerSpec, module: str | None = None, output: WorkerOutput | N
     return manager
 
 
-def process_id(manager: KernelManager) -> int | None:
+def _provisioned(spec: WorkerSpec) -> ProvisionedKernel:
+    """A worker started through its kernel spec's provisioner (on the provisioners' own thread)."""
+    assert spec.kernel_name is not None
+    kernel = ProvisionedKernel(spec.kernel_name)
+    kernel.connection_file = os.path.join(runtime_dir(), f"wb-worker-{os.urandom(8).hex()}.json")
+    kwargs: dict[str, Any] = {"env": spec.environment()}
+    if spec.cwd:
+        kwargs["cwd"] = spec.cwd
+    kernel.start(**kwargs)
+    info = kernel.get_connection_info()
+    if not is_loopback(info) and curve_keys(info) is None:  # fail closed: never talk to a worker in the clear
+        kernel.shutdown_kernel(now=True)
+        raise PermissionError(
+            f"kernel spec {spec.kernel_name!r} started a worker at {info.get('ip')} without CurveZMQ keys: "
+            "refusing to send calls over the network in the clear"
+        )
+    return kernel
+
+
+def process_id(manager: KernelManager | ProvisionedKernel) -> int | None:
+    """The worker's process id on this host, or None (a kernel elsewhere, or not started by a process)."""
+    if isinstance(manager, ProvisionedKernel):
+        return manager.pid
     provisioner = manager.provisioner
     pid = getattr(provisioner, "pid", None)
     return int(pid) if pid else None

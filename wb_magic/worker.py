@@ -15,6 +15,7 @@ from worker_kernel.permissions import REFUSED_EXIT_CODE, refusal_file
 
 from .connection import WorkerConnection
 from .launcher import WorkerSpec
+from .provisioned import ProvisionedKernel
 from .stdio import WorkerOutput
 
 
@@ -69,7 +70,12 @@ class Worker:
     """A live worker kernel. ``state`` is ``starting`` (no reply yet), ``idle``, ``busy``, or ``dead``."""
 
     def __init__(
-        self, key: Any, module: str, segregation_id: str | None, spec: WorkerSpec, manager: KernelManager | None
+        self,
+        key: Any,
+        module: str,
+        segregation_id: str | None,
+        spec: WorkerSpec,
+        manager: KernelManager | ProvisionedKernel | None,
     ) -> None:
         self.key = key
         self.module = module
@@ -87,6 +93,8 @@ class Worker:
         self.dead = False
         self.exit_reason: str | None = None
         self.beating = False  # a heartbeat timer runs (for workers whose process we cannot watch)
+        self.remote = False  # on another host (or attached): gets its modules' source from the broker
+        self.shipped: set[tuple[Any, Any]] = set()  # (module, cache buster) whose source it was sent
         self.last_beat = 0.0
         self.dropped = 0  # malformed or unsigned messages dropped
         self.stray_output = 0.0  # output budget for streams that belong to no call (a leaky bucket, in bytes)

@@ -30,7 +30,7 @@ from .codec import Unencodable, decode_value, encode_value, exception_from_wire,
 from .errors import CallTimeout
 from .iopub import IOPub, OutputStream, Request, current_request
 from .lazylog import LazyLogger
-from .loader import module_name_for
+from .loader import module_name_for, shipped
 from .runner import CallContext, CallRunner, current
 from .transport import check, serve_curve
 from .wire import (
@@ -341,10 +341,18 @@ class WorkerKernel:
         request.trace = tracing.server(c["trace"], name, attributes)
         return request.trace
 
+    def _take_source(self, content: dict[str, Any]) -> None:
+        """Keep the source the broker shipped for the request's module, if any (a worker on another host,
+        where the module's file is not): the loader uses it in place of the file."""
+        source = content.get("module_source")
+        if isinstance(source, str):
+            shipped[str(content.get("module"))] = source
+
     def _wb_call(self, msg: Message) -> None:
         c = msg.content
         request = Request(msg.raw_header, msg.idents)
         try:
+            self._take_source(c)
             if "trace" in c and self._traced(msg, request) is not None:
                 module = _load_traced(request.trace, self.runner, str(c["module"]), c.get("cache_buster"))
             else:
@@ -452,6 +460,7 @@ class WorkerKernel:
         c = msg.content
         request = Request(msg.raw_header, msg.idents)
         try:
+            self._take_source(c)
             if "trace" in c:
                 self._traced(msg, request)
             self.runner.module(str(c["module"]), c.get("cache_buster"))
@@ -467,6 +476,7 @@ class WorkerKernel:
         c = msg.content
         request = Request(msg.raw_header, msg.idents)
         try:
+            self._take_source(c)
             if "trace" in c and self._traced(msg, request) is not None:
                 module = _load_traced(request.trace, self.runner, str(c["module"]), c.get("cache_buster"))
             else:

@@ -19,6 +19,10 @@ from typing import Union
 
 ModuleSpec = Union[str, os.PathLike]
 
+# Sources the broker sent for modules whose files are not on this host (a worker on another machine): canonical
+# path -> source text. A shipped source takes the place of the file it names.
+shipped: dict[str, str] = {}
+
 # Whether a module file's folder goes on ``sys.path`` when it is loaded. A sandboxed worker turns this off
 # (`isolate_module_folders`): the modules beside its own are other tenants', which it may neither read nor import.
 _module_folders_on_path = True
@@ -86,6 +90,8 @@ def located_file(canonical: str) -> str | None:
 def source_path(canonical: str) -> str:
     """The file a canonical module is executed from. Raises `ModuleNotFoundError`."""
     if is_file_spec(canonical):
+        if canonical in shipped:
+            return canonical
         if not os.path.isfile(canonical):
             raise ModuleNotFoundError(f"no module file {canonical!r}", name=canonical)
         return canonical
@@ -119,8 +125,12 @@ def load_module(canonical: str, *, fresh: bool = False) -> ModuleType:
     module.__file__ = path
     if not is_file_spec(canonical) and "." in name:
         module.__package__ = name.rpartition(".")[0]
-    with open(path, "rb") as f:
-        source = f.read()
+    source: str | bytes
+    if path in shipped:
+        source = shipped[path]
+    else:
+        with open(path, "rb") as f:
+            source = f.read()
     code = compile(source, path, "exec", dont_inherit=True)
     previous = sys.modules.get(name)
     sys.modules[name] = module

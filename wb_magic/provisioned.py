@@ -1,0 +1,128 @@
+"""Workers started through a kernel spec's provisioner (``WorkerSpec(kernel_name=...)``), local or remote.
+
+Every such kernel is driven from one thread of its own with an asyncio loop that runs for the broker's life.
+That matters for gateway_provisioners: its response manager, which receives the connection information that a
+remote launcher sends back, binds and polls on the event loop it first meets. Driven from the broker's threads
+(the caller's, the warm pool's, an executor's), each with a loop that runs only while that thread is inside a
+jupyter_client call, the response would wait for a loop nobody runs; on one loop that always runs, it is read
+as soon as it arrives.
+
+`ProvisionedKernel` gives the broker the synchronous surface it uses (connection info, shutdown, cleanup) and
+the provisioner contract (``poll``, ``send_signal``, ``kill``, ``terminate``, ``wait``) on top of a
+jupyter_client ``AsyncKernelManager``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.provisioning import LocalProvisioner
+
+T = TypeVar("T")
+
+START_TIMEOUT = 120.0  # seconds a provisioner may take to start a kernel (its own launch timeout is shorter)
+CONTROL_TIMEOUT = 60.0  # seconds for a poll, a signal, a shutdown
+
+
+class _Engine:
+    """The thread that runs every provisioned kernel's coroutines."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="wb-provisioners", daemon=True)
+        self.thread.start()
+
+    def run(self, awaitable: Awaitable[T], timeout: float) -> T:
+        if threading.current_thread() is self.thread:
+            raise RuntimeError("a provisioned kernel's call was made on the provisioners' own thread")
+        return asyncio.run_coroutine_threadsafe(_awaited(awaitable), self.loop).result(timeout)
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+_engine: _Engine | None = None
+_engine_lock = threading.Lock()
+
+
+def engine() -> _Engine:
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            _engine = _Engine()
+        return _engine
+
+
+class ProvisionedKernel:
+    """A kernel started by the provisioner of kernel spec ``kernel_name``.
+
+    ``local`` tells whether its process runs on this host (jupyter_client's local provisioner), so that the
+    broker may watch it with a pidfd; ``pid`` is then its process id, else None (a pid on another host means
+    nothing here). ``remote`` is the opposite: the broker watches it by its heartbeat, and ships it the source
+    of the modules it runs.
+    """
+
+    def __init__(self, kernel_name: str, **manager_options: Any) -> None:
+        self.manager = AsyncKernelManager(kernel_name=kernel_name, **manager_options)
+        self.connection_file = ""
+
+    def start(self, **kwargs: Any) -> None:
+        spec = self.manager.kernel_spec
+        supported = (getattr(spec, "metadata", None) or {}).get("supported_encryption") or ()
+        if "curve" in ([supported] if isinstance(supported, str) else list(supported)):
+            kwargs.setdefault("transport_encryption", "required")  # the launcher must send keys back, or fail
+        if self.connection_file:
+            self.manager.connection_file = self.connection_file
+        engine().run(self.manager.start_kernel(**kwargs), START_TIMEOUT)
+
+    @property
+    def provisioner(self) -> Any:
+        return self.manager.provisioner
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.manager.provisioner, LocalProvisioner)
+
+    @property
+    def remote(self) -> bool:
+        return not self.local
+
+    @property
+    def pid(self) -> int | None:
+        if not self.local:
+            return None
+        pid = getattr(self.manager.provisioner, "pid", None)
+        return int(pid) if pid else None
+
+    def get_connection_info(self) -> dict[str, Any]:
+        return dict(self.manager.get_connection_info())
+
+    # the provisioner contract, synchronously
+    def poll(self) -> int | None:
+        return engine().run(self.provisioner.poll(), CONTROL_TIMEOUT)
+
+    def send_signal(self, signum: int) -> None:
+        engine().run(self.provisioner.send_signal(signum), CONTROL_TIMEOUT)
+
+    def kill(self) -> None:
+        engine().run(self.provisioner.kill(), CONTROL_TIMEOUT)
+
+    def terminate(self) -> None:
+        engine().run(self.provisioner.terminate(), CONTROL_TIMEOUT)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        return engine().run(self.provisioner.wait(), CONTROL_TIMEOUT if timeout is None else timeout)
+
+    # what the broker asks of a kernel manager
+    def shutdown_kernel(self, now: bool = False) -> None:
+        if self.manager.provisioner is not None:
+            engine().run(self.manager.shutdown_kernel(now=now), CONTROL_TIMEOUT)
+
+    def cleanup_resources(self) -> None:
+        if self.manager.provisioner is not None:
+            engine().run(self.manager.cleanup_resources(), CONTROL_TIMEOUT)
