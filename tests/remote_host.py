@@ -205,6 +205,13 @@ class RemoteHost:
         assert self.sshd is not None
         return ["nsenter", "-t", str(self.sshd.pid), "-n", "-m"]
 
+    def cut(self) -> None:
+        """Cut the link to the test host (this host's end of the veth pair goes down)."""
+        _ip("link", "set", f"{self.namespace}h", "down")
+
+    def mend(self) -> None:
+        _ip("link", "set", f"{self.namespace}h", "up")
+
     def pids(self) -> set[int]:
         """The processes running on the test host, sshd's included."""
         return {int(pid) for pid in _ip("netns", "pids", self.namespace, check=False).stdout.split()}

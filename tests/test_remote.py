@@ -18,7 +18,8 @@ from jupyter_client.connect import write_connection_file
 from remote_host import RemoteHost, missing, remove_leftovers
 from zmq.utils.monitor import recv_monitor_message
 
-from wb_magic import WorkerBroker, WorkerSpec
+from wb_magic import CallTimeout, WorkerBroker, WorkerDied, WorkerSpec
+from wb_magic.cleaner import LRUCleaner
 from wb_magic.kernelspec import remote_kernel_spec
 from worker_kernel.wire import Session
 
@@ -187,19 +188,56 @@ def test_allow_plaintext_lets_it_listen_in_the_clear(host):
 
 REMOTE_MODULE = """
 import os
+import threading
+
+from worker_kernel import broker_proxy
 
 def where():
     return os.getpid(), os.path.exists(__file__)
 
 def add(a, b):
     return a + b
+
+def relay(x):
+    return broker_proxy().worker_proxy("./near.py").finish(x + 1)  # back to the local worker, by a relative path
+
+def crash():
+    os._exit(3)
+
+def spin():
+    while True:
+        pass
+
+def hang():
+    threading.Event().wait()
+"""
+
+NEAR_MODULE = """
+from worker_kernel import broker_proxy
+
+def ask(x):
+    return broker_proxy().worker_proxy("./far.py").relay(x)
+
+def finish(x):
+    return f"near:{x}"
 """
 
 
-def test_a_remote_worker_runs_the_module_the_broker_ships_it(remote_env, tmp_path):
-    host = remote_env
-    module = tmp_path / "far.py"
-    module.write_text(REMOTE_MODULE)
+@pytest.fixture
+def modules(tmp_path: Path) -> tuple[Path, Path]:
+    """far.py (run on the test host, which cannot see it) and near.py (run here), side by side."""
+    (tmp_path / "far.py").write_text(REMOTE_MODULE)
+    (tmp_path / "near.py").write_text(NEAR_MODULE)
+    return tmp_path / "far.py", tmp_path / "near.py"
+
+
+def launchers(host: RemoteHost, *workers: int) -> set[int]:
+    """The test host's processes other than sshd and ``workers``: the workers' launchers."""
+    return host.pids() - {host.sshd.pid, *workers}
+
+
+def test_a_remote_worker_runs_the_module_the_broker_ships_it(remote_env, modules):
+    host, (module, _) = remote_env, modules
     with remote_broker(module) as broker:
         far = broker.worker_proxy(module)
         pid, file_there = far.where()
@@ -208,6 +246,88 @@ def test_a_remote_worker_runs_the_module_the_broker_ships_it(remote_env, tmp_pat
         module.write_text(REMOTE_MODULE.replace("a + b", "a * b"))
         broker.worker_import(module, cache_buster="v2")
         assert far.add(2, 3) == 6  # the new source was shipped too
-        launcher = {p for p in host.pids() if p != pid and p != host.sshd.pid}
+        launcher = launchers(host, pid)
     assert wait_gone({pid, *launcher}) == set()  # closing the broker left nothing on the test host
     assert host.pids() == {host.sshd.pid}
+
+
+def test_a_local_worker_calls_a_remote_one_and_back(remote_env, modules):
+    far, near = modules
+    with remote_broker(far, call_timeout=WAIT) as broker:
+        assert broker.worker_proxy(near).ask(1) == "near:2"
+        assert broker.worker_for(far).pid is None and broker.worker_for(near).pid is not None  # far is remote
+
+
+def test_a_remote_crash_fails_the_call_and_the_next_call_starts_a_fresh_worker(remote_env, modules):
+    host, (far, _) = remote_env, modules
+    with remote_broker(far, call_timeout=WAIT) as broker:
+        proxy = broker.worker_proxy(far)
+        first, _ = proxy.where()
+        with pytest.raises(WorkerDied):
+            proxy.crash()
+        assert wait_gone({first}) == set()
+        second, _ = proxy.where()
+        assert second != first and second in host.pids()
+
+
+def test_timeouts_and_interrupts_reach_a_remote_worker(remote_env, modules):
+    far, _ = modules
+    with remote_broker(far) as broker:
+        pid, _ = broker.worker_proxy(far).where()
+        with pytest.raises(CallTimeout):
+            broker.worker_proxy(far, timeout=0.5).spin()  # the broker interrupts the call it gave up on
+        assert broker.worker_proxy(far).where()[0] == pid  # the same worker, serving again
+
+
+def test_a_cut_link_fails_pending_calls_and_the_remote_worker_exits(remote_env, modules):
+    host, (far, _) = remote_env, modules
+    with remote_broker(far, call_timeout=WAIT) as broker:
+        proxy = broker.worker_proxy(far)
+        pid, _ = proxy.where()
+        launcher = launchers(host, pid)
+        host.cut()
+        try:
+            with pytest.raises(WorkerDied, match="heartbeat"):
+                proxy.hang()
+            assert wait_gone({pid, *launcher}) == set()  # no heartbeat from its broker: it ended itself
+        finally:
+            host.mend()
+        assert proxy.where()[0] != pid  # a fresh one
+
+
+def test_a_remote_worker_exits_when_its_broker_dies(remote_env, modules):
+    host, (far, _) = remote_env, modules
+    script = (
+        "import sys\n"
+        "from wb_magic import WorkerBroker, WorkerSpec\n"
+        "spec = WorkerSpec(kernel_name='wb-remote')\n"
+        "broker = WorkerBroker(worker_constructor=lambda m, s: spec, warm_workers=0)\n"
+        "print(broker.worker_proxy(sys.argv[1]).where()[0], flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(far)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        pid = int(process.stdout.readline())
+        launcher = launchers(host, pid)
+        assert pid in host.pids()
+        process.kill()  # no goodbye: the broker's host is gone
+        process.wait(WAIT)
+        assert wait_gone({pid, *launcher}) == set()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(WAIT)
+
+
+def test_the_cleaner_evicts_remote_workers(remote_env, modules):
+    host, (far, near) = remote_env, modules
+    lru = LRUCleaner(worker_count=1)
+    with remote_broker(far, worker_cleaner=lru) as broker:
+        pid, _ = broker.worker_proxy(far).where()
+        launcher = launchers(host, pid)
+        assert broker.worker_proxy(near).finish(0) == "near:0"  # a second worker: the remote one, idle, goes
+        assert wait_gone({pid, *launcher}) == set()
+        assert broker.worker_for(far) is None and broker.worker_for(near) is not None
