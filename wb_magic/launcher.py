@@ -193,9 +193,9 @@ def launch(
     if spec.kernel_name:
         if spec.sandboxed:  # fail closed: a kernel spec's command (a remote launcher, say) would not confine it
             raise ValueError(
-                f"a sandboxed WorkerSpec cannot be started through kernel spec {spec.kernel_name!r}: wb-magic "
-                "confines a worker with its own command on this host (argv), and a kernel spec's launcher, on "
-                "this host or another, would run it unconfined"
+                "a sandboxed WorkerSpec cannot be started through a kernel spec "
+                f"(kernel_name={spec.kernel_name!r}): wb-magic confines a worker with its own command on this "
+                "host (argv), and a kernel spec's launcher, on this host or another, would run it unconfined"
             )
         return _provisioned(spec)
     kernel_spec = KernelSpec(
