@@ -5,10 +5,13 @@
 
 Each notebook is written from the cells below, then executed top to bottom in a fresh kernel whose working
 directory is ``notebooks/`` (as under nbval), and saved with its outputs. Edit the cells here, not the .ipynb.
+The saved outputs name files as the notebook does (``modules/fragile.py``), not by the absolute folder of the
+machine that ran them.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -614,6 +617,9 @@ def build(name: str, cells: list[Any]) -> Path:
     nb.metadata["language_info"] = {"name": "python"}
     started = time.perf_counter()
     execute(nb, HERE)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [relative_paths(output, HERE) for output in cell.outputs]
     path = HERE / f"{name}.ipynb"
     nbformat.validate(nb)
     nbformat.write(nb, path)
@@ -655,6 +661,18 @@ def execute(nb: Any, cwd: Path) -> None:
     finally:
         client.stop_channels()
         manager.shutdown_kernel()
+
+
+def relative_paths(value: Any, folder: Path) -> Any:
+    """``value`` (an output, or any part of one) with ``folder``'s absolute path left out of its text, so that
+    ``/home/me/wb-magic/notebooks/modules/fragile.py`` reads ``modules/fragile.py``, as the notebook names it."""
+    if isinstance(value, str):
+        return value.replace(f"{folder}{os.sep}", "")
+    if isinstance(value, list):
+        return [relative_paths(item, folder) for item in value]
+    if isinstance(value, dict):
+        return type(value)({key: relative_paths(item, folder) for key, item in value.items()})
+    return value
 
 
 def coalesce(outputs: list[Any]) -> list[Any]:

@@ -85,3 +85,12 @@ def test_the_tour_runs_and_its_segregated_step_names_each_tenant():
         "greeter of alice",
     ]
     assert "greeter of alice: visit 2" in segregated  # alice's worker kept its state; bob's is its own
+
+
+def test_saved_notebooks_name_files_as_the_notebooks_do():
+    """Outputs saved by notebooks/make_notebooks.py read the same on every machine: ``modules/fragile.py``, not
+    the absolute folder of the checkout that ran them."""
+    for notebook in sorted((README.parent / "notebooks").glob("*.ipynb")):
+        text = notebook.read_text(encoding="utf-8")
+        assert not re.search(r"/[^\s'\"]*/notebooks/modules/", text), notebook.name
+    assert "modules/fragile.py:13" in (README.parent / "notebooks" / "05_failures.ipynb").read_text(encoding="utf-8")
