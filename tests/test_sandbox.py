@@ -288,6 +288,75 @@ def test_net_ports_allow_tcp_to_those_ports_only(sandbox, listener):
         other.close()
 
 
+def test_the_sockets_a_worker_holds_do_not_reach_the_network(sandbox, listener):
+    """Without net, no socket() at all; but a worker holds the listening sockets it inherited and the
+    connections ZeroMQ accepted. Freed (shutdown, connect(AF_UNSPEC)) and hidden from ZeroMQ, they would connect
+    with connect() (where Landlock cannot filter TCP) or TCP Fast Open, which Landlock does not see."""
+    broker, attacks = sandbox(Permissions(read=[ATTACKS], ffi=True))
+    outcome = attacks.libc_reuse_inherited_sockets(listener.port)
+    assert outcome == {
+        "listening socket, connect": "EPERM", "listening socket, sendto": "EPERM",
+        "listening socket, sendmsg": "EPERM", "listening socket, sendmmsg": "EPERM",
+        "accepted connection, connect": "EPERM", "accepted connection, sendto": "EPERM",
+    }  # fmt: skip
+    assert listener.count() == (0, 0)
+    assert attacks.hello("after") == "Hello after"  # the shell's connection was left alone: the worker serves on
+    _, python = sandbox(Permissions(read=[ATTACKS]))
+    with pytest.raises(PermissionError) as excinfo:
+        python.python_reuse_inherited_socket(listener.port)
+    _permission_error(excinfo, "net")
+    assert listener.count() == (0, 0)
+
+
+def test_the_seccomp_filter_alone_keeps_held_sockets_off_the_network(listener):
+    """The filter as built where Landlock cannot filter TCP (ABI 3), in a child process that holds a listening
+    socket and an accepted connection from before the filter, as a worker does: no connect(), no Fast Open."""
+    code = textwrap.dedent(
+        f"""
+        import ctypes, os, socket
+        from wb_magic import Permissions
+        from worker_kernel.sandbox import install_seccomp, seccomp_program
+        target = ("127.0.0.1", {listener.port})
+        servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(4)]
+        client = socket.create_connection(servers[0].getsockname())
+        accepted, _ = servers[0].accept()
+        libc = ctypes.CDLL(None, use_errno=True)
+        install_seccomp(seccomp_program(Permissions(), 3, os.getpid()))
+        accepted.sendall(b"still")  # sending on a connection works
+        assert client.recv(5) == b"still"
+        for sock in servers:
+            sock.shutdown(socket.SHUT_RDWR)  # no longer listening: free to connect
+        def sendmmsg(sock):  # one message, as sendmmsg's vector of (msghdr, length); a zero-length message
+            address = socket.AF_INET.to_bytes(2, "little") + target[1].to_bytes(2, "big") + socket.inet_aton(target[0])
+            name = ctypes.create_string_buffer(address, 16)
+            header = ctypes.create_string_buffer(64)  # struct mmsghdr: msg_name, msg_namelen, the rest zero
+            ctypes.memmove(header, ctypes.addressof(name).to_bytes(8, "little") + (16).to_bytes(4, "little"), 12)
+            if libc.sendmmsg(sock.fileno(), header, 1, socket.MSG_FASTOPEN) < 0:
+                raise OSError(ctypes.get_errno(), "sendmmsg")
+
+        attempts = [
+            lambda: servers[0].connect(target),
+            lambda: servers[1].sendto(b"x", socket.MSG_FASTOPEN, target),
+            lambda: servers[2].sendmsg([b"x"], [], socket.MSG_FASTOPEN, target),
+            lambda: sendmmsg(servers[3]),
+            lambda: accepted.connect(("0.0.0.0", 0)),  # stands in for connect(AF_UNSPEC), which frees it
+        ]
+        outcome = []
+        for attempt in attempts:
+            try:
+                attempt()
+                outcome.append("reached it")
+            except OSError as exc:
+                outcome.append(os.strerror(exc.errno))
+        print(outcome)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(["Operation not permitted"] * 5)
+    assert listener.count() == (0, 0)
+
+
 def test_abstract_unix_sockets_of_the_host_are_out_of_reach(sandbox):
     name = f"wb-sandbox-test-{os.getpid()}"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

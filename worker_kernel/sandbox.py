@@ -118,10 +118,10 @@ SIGXCPU = 24
 # x86_64 system call numbers (the tests check them against asm/unistd_64.h where it is installed)
 NR = {
     "read": 0, "write": 1, "poll": 7, "mmap": 9, "mprotect": 10, "rt_sigaction": 13, "ioctl": 16,
-    "sched_yield": 24, "shmget": 29, "shmat": 30, "shmctl": 31, "getpid": 39, "socket": 41, "sendto": 44,
-    "recvfrom": 45, "sendmsg": 46, "recvmsg": 47, "bind": 49, "listen": 50, "socketpair": 53, "clone": 56,
-    "fork": 57, "vfork": 58, "execve": 59, "kill": 62, "semget": 64, "semop": 65, "semctl": 66, "msgget": 68,
-    "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "chmod": 90, "fchmod": 91, "chown": 92, "fchown": 93,
+    "sched_yield": 24, "shmget": 29, "shmat": 30, "shmctl": 31, "getpid": 39, "socket": 41, "connect": 42,
+    "sendto": 44, "recvfrom": 45, "sendmsg": 46, "recvmsg": 47, "bind": 49, "listen": 50, "socketpair": 53,
+    "clone": 56, "fork": 57, "vfork": 58, "execve": 59, "kill": 62, "semget": 64, "semop": 65, "semctl": 66,
+    "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "chmod": 90, "fchmod": 91, "chown": 92, "fchown": 93,
     "lchown": 94, "sysinfo": 99, "ptrace": 101, "syslog": 103, "rt_sigqueueinfo": 129, "utime": 132,
     "uselib": 134, "personality": 135, "setpriority": 141, "sched_setparam": 142, "sched_setscheduler": 144,
     "vhangup": 153, "modify_ldt": 154, "pivot_root": 155, "adjtimex": 159, "chroot": 161, "acct": 163,
@@ -838,7 +838,12 @@ def seccomp_rules(p: Permissions, abi: int, pid: int, exec_path: int = 0, guard_
     one no rule decides is allowed. The low 32 bits of an argument are all the kernel reads of the ones checked
     here (ints, clone flags, protections, message flags, ioctl commands)."""
     deny, allow = EPERM, SECCOMP_RET_ALLOW
-    rules = [SeccompRule(name, deny) for name in ALWAYS_DENIED]
+    rules: list[SeccompRule] = []
+    if p.net is not True:  # first: ZeroMQ sends with sendto, and an allowed one need not pass every rule below
+        for name, arg in (("sendto", 3), ("sendmsg", 2), ("sendmmsg", 3)):
+            rules.append(SeccompRule(name, deny, (Check(arg, MSG_FASTOPEN, MSG_FASTOPEN),)))
+            rules.append(SeccompRule(name, allow))
+    rules += [SeccompRule(name, deny) for name in ALWAYS_DENIED]
     rules.append(SeccompRule("clone3", ENOSYS))  # its flags are in memory a filter cannot read: glibc falls back
     # processes
     if p.run:
@@ -849,8 +854,11 @@ def seccomp_rules(p: Permissions, abi: int, pid: int, exec_path: int = 0, guard_
         rules += [SeccompRule(name, deny) for name in ("fork", "vfork", "execve", "execveat")]
     rules.append(SeccompRule("clone", deny))
     # sockets: connected stream pairs (asyncio's self-pipe) always; socket() as net says; never listen() or
-    # bind() without net=True (Landlock does not see the port listen() picks); no TCP Fast Open, which
-    # connects without connect()
+    # bind() without net=True (Landlock does not see the port listen() picks). Without net=True, no TCP Fast Open
+    # (a connect inside sendto, sendmsg or sendmmsg, which Landlock does not see) on any socket: the listening
+    # sockets a worker inherits and the connections ZeroMQ accepts on them can be freed for a new connection
+    # (shutdown, connect(AF_UNSPEC)) without socket(); and without net, no connect() at all (where Landlock
+    # cannot filter TCP, ABI < 4, nothing else would stop one)
     rules.append(SeccompRule("socketpair", allow, (Check(1, SOCK_STREAM, SOCK_TYPE_MASK),)))
     rules.append(SeccompRule("socketpair", deny))
     if p.net is True:
@@ -860,8 +868,8 @@ def seccomp_rules(p: Permissions, abi: int, pid: int, exec_path: int = 0, guard_
         if p.net:
             for family in (AF_INET, AF_INET6):
                 rules.append(SeccompRule("socket", allow, (Check(0, family), Check(1, SOCK_STREAM, SOCK_TYPE_MASK))))
-            for name, arg in (("sendto", 3), ("sendmsg", 2), ("sendmmsg", 3)):
-                rules.append(SeccompRule(name, deny, (Check(arg, MSG_FASTOPEN, MSG_FASTOPEN),)))
+        else:
+            rules.append(SeccompRule("connect", deny))
         rules += [SeccompRule(name, deny) for name in ("socket", "listen", "bind")]
     # other processes: limits and priorities of this process only; scheduling of this process, and calls about
     # another thread or process succeed without effect (a filter cannot tell this process's threads from

@@ -138,6 +138,105 @@ def libc_tcp_connect(port: int) -> str:
         lib.close(fd)
 
 
+def inherited_sockets() -> dict:
+    """The TCP sockets this worker holds, by descriptor: ZeroMQ's listening sockets (which the confiner bound and
+    the worker inherited) and the connections it accepted on them, as {fd: (local port, listening)}. Found with
+    libc: Python's socket module will not wrap them without net."""
+    ctypes, lib = _libc()
+    found = {}
+    for fd in range(3, 256):
+        values = []
+        for option in (39, 3, 30):  # SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN
+            value, size = ctypes.c_int(0), ctypes.c_uint32(4)
+            if lib.getsockopt(fd, socket.SOL_SOCKET, option, ctypes.byref(value), ctypes.byref(size)) != 0:
+                break
+            values.append(value.value)
+        if len(values) == 3 and values[0] == socket.AF_INET and values[1] == socket.SOCK_STREAM:
+            address, size = ctypes.create_string_buffer(16), ctypes.c_uint32(16)
+            lib.getsockname(fd, address, ctypes.byref(size))
+            found[fd] = (int.from_bytes(address.raw[2:4], "big"), bool(values[2]))
+    return found
+
+
+def _fastopen(ctypes, lib, fd: int, port: int, how: str) -> int:
+    address = _sockaddr_in(ctypes, port)
+    data = ctypes.create_string_buffer(b"escaped", 7)
+    if how == "connect":
+        return lib.connect(fd, address, 16)
+    if how == "sendto":
+        return lib.sendto(fd, data, 7, MSG_FASTOPEN, address, 16)
+
+    class IOVec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+    class MsgHdr(ctypes.Structure):
+        _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(IOVec)),
+                    ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                    ("flags", ctypes.c_int)]  # fmt: skip
+
+    class MMsgHdr(ctypes.Structure):
+        _fields_ = [("hdr", MsgHdr), ("len", ctypes.c_uint)]
+
+    iov = IOVec(ctypes.addressof(data), 7)
+    header = MsgHdr(ctypes.addressof(address), 16, ctypes.pointer(iov), 1, None, 0, 0)
+    if how == "sendmsg":
+        return lib.sendmsg(fd, ctypes.byref(header), MSG_FASTOPEN)
+    return lib.sendmmsg(fd, ctypes.byref(MMsgHdr(header, 0)), 1, MSG_FASTOPEN)
+
+
+MSG_FASTOPEN = 0x20000000
+
+
+def _reached(ctypes, result: int) -> str:
+    if result >= 0 or ctypes.get_errno() == errno.EINPROGRESS:  # a non-blocking socket's SYN is on its way
+        return "reached it"
+    return _errno(ctypes)
+
+
+def libc_reuse_inherited_sockets(port: int) -> dict:
+    """Reach ``port`` on 127.0.0.1 without socket(): take sockets this worker already holds, hide them from
+    ZeroMQ (out of its epoll sets, so that it does not notice), free them for a new connection (``shutdown`` a
+    listening one, ``connect(AF_UNSPEC)`` an accepted one), then connect, or send with TCP Fast Open (a connect
+    inside sendto, sendmsg or sendmmsg). Returns what each attempt got."""
+    ctypes, lib = _libc()
+    sockets = inherited_sockets()
+    listening = sorted((fd for fd, (_, listens) in sockets.items() if listens), reverse=True)
+    # the accepted connections of the heartbeat and control channels (the last two bound): not the shell's,
+    # whose connection carries this very call
+    spare_ports = {sockets[fd][0] for fd in listening[:2]}
+    connected = [fd for fd, (local, listens) in sockets.items() if not listens and local in spare_ports]
+    for fd in [*listening[:4], *connected[:2]]:
+        for epoll in range(256):  # EPOLL_CTL_DEL from every epoll set (fails harmlessly for other descriptors)
+            lib.epoll_ctl(epoll, 2, fd, None)
+    outcome = {}
+    for fd, how in zip(listening, ("connect", "sendto", "sendmsg", "sendmmsg"), strict=False):
+        lib.shutdown(fd, socket.SHUT_RDWR)
+        outcome[f"listening socket, {how}"] = _reached(ctypes, _fastopen(ctypes, lib, fd, port, how))
+    unspec = ctypes.create_string_buffer(16)  # sa_family 0: AF_UNSPEC, which disconnects a TCP socket
+    for fd, how in zip(connected, ("connect", "sendto"), strict=False):
+        lib.connect(fd, unspec, 16)
+        outcome[f"accepted connection, {how}"] = _reached(ctypes, _fastopen(ctypes, lib, fd, port, how))
+    return outcome
+
+
+def _is_socket(fd: int, stat) -> bool:
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def python_reuse_inherited_socket(port: int) -> str:
+    """The same through Python's socket module (the audit hook sees it)."""
+    import stat
+
+    fd = next(fd for fd in range(3, 256) if _is_socket(fd, stat))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=os.dup(fd)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.sendto(b"escaped", 0x20000000, ("127.0.0.1", port))
+    return "reached it"
+
+
 def libc_udp_send(port: int) -> str:
     ctypes, lib = _libc()
     fd = lib.socket(socket.AF_INET, socket.SOCK_DGRAM, 0)
