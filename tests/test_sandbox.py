@@ -357,6 +357,25 @@ def test_the_seccomp_filter_alone_keeps_held_sockets_off_the_network(listener):
     assert listener.count() == (0, 0)
 
 
+def test_a_console_still_attaches_to_a_sandboxed_worker(sandbox):
+    """What `jupyter console --existing` does: a client of the worker's connection file runs code in its module."""
+    from jupyter_client import BlockingKernelClient
+
+    broker, attacks = sandbox()
+    assert attacks.hello("x") == "Hello x"
+    client = BlockingKernelClient(connection_file=broker.worker_for(ATTACKS).manager.connection_file)
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        outputs: list = []
+        reply = client.execute_interactive("print(hello('console'))", timeout=60, output_hook=outputs.append)
+        assert reply["content"]["status"] == "ok"
+        assert any(m["content"].get("text") == "Hello console\n" for m in outputs if m["msg_type"] == "stream")
+    finally:
+        client.stop_channels()
+    assert attacks.hello("after") == "Hello after"
+
+
 def test_abstract_unix_sockets_of_the_host_are_out_of_reach(sandbox):
     name = f"wb-sandbox-test-{os.getpid()}"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
