@@ -18,7 +18,7 @@ from jupyter_client.connect import write_connection_file
 from remote_host import RemoteHost, missing, remove_leftovers
 from zmq.utils.monitor import recv_monitor_message
 
-from wb_magic import CallTimeout, WorkerBroker, WorkerDied, WorkerSpec
+from wb_magic import CallTimeout, Permissions, WorkerBroker, WorkerDied, WorkerSpec, WorkerStartError
 from wb_magic.cleaner import LRUCleaner
 from wb_magic.kernelspec import remote_kernel_spec
 from worker_kernel.wire import Session
@@ -331,3 +331,27 @@ def test_the_cleaner_evicts_remote_workers(remote_env, modules):
         assert broker.worker_proxy(near).finish(0) == "near:0"  # a second worker: the remote one, idle, goes
         assert wait_gone({pid, *launcher}) == set()
         assert broker.worker_for(far) is None and broker.worker_for(near) is not None
+
+
+def test_the_broker_refuses_a_remote_worker_that_came_up_in_the_clear(remote_env, modules, tmp_path_factory):
+    """A kernel spec that neither asks for encryption nor gets keys back: the broker sends nothing in the clear."""
+    host, (far, _) = remote_env, modules
+    spec = remote_kernel_spec([host.address], sys.executable, broker_timeout=BROKER_TIMEOUT)
+    spec["argv"].append("--allow-plaintext")
+    del spec["metadata"]["supported_encryption"]
+    data = Path(os.environ["JUPYTER_PATH"])
+    (data / "kernels" / "wb-clear").mkdir(parents=True, exist_ok=True)
+    (data / "kernels" / "wb-clear" / "kernel.json").write_text(json.dumps(spec))
+    clear = WorkerSpec(kernel_name="wb-clear")
+    with WorkerBroker(worker_constructor=lambda module, sid: clear, warm_workers=0) as broker:
+        with pytest.raises(WorkerStartError, match="without CurveZMQ keys"):
+            broker.worker_proxy(far).add(1, 2)
+    assert wait_gone(launchers(host)) == set()  # and it did not leave the worker running there
+
+
+def test_a_sandboxed_remote_worker_is_refused(remote_env, modules):
+    far, _ = modules
+    sandboxed = WorkerSpec(kernel_name="wb-remote", permissions=Permissions())
+    with WorkerBroker(worker_constructor=lambda module, sid: sandboxed, warm_workers=0) as broker:
+        with pytest.raises(WorkerStartError, match="would run it unconfined"):
+            broker.worker_proxy(far).add(1, 2)
