@@ -13,6 +13,10 @@ communication port for signal and shutdown requests (``{"signum": N}``, ``{"shut
 signals to the worker, and exits when the worker does: a closed port is how the broker's side learns that the
 worker is gone.
 
+The container provisioners pass the same values in the environment (``KERNEL_ID``, ``RESPONSE_ADDRESS``,
+``PUBLIC_KEY``, ``PORT_RANGE``, ``TRANSPORT_ENCRYPTION``), so a container image's command can be just
+``python -m worker_kernel.launcher``.
+
 The payload's cryptography needs the ``cryptography`` package (``pip install wb-magic[remote]``); it is imported
 by this launcher only, never by the worker itself.
 """
@@ -47,7 +51,11 @@ DEFAULT_BROKER_TIMEOUT = 10.0  # seconds without a heartbeat from the broker aft
 
 
 def main(argv: list[str] | None = None) -> None:
-    options = _parser().parse_args(argv)
+    parser = _parser()
+    options = parser.parse_args(argv)
+    for name in ("kernel_id", "response_address", "public_key"):
+        if not getattr(options, name):
+            parser.error(f"--{name.replace('_', '-')} (or ${name.upper()}) is required")
     encrypt = _payload_cipher(options.public_key)  # fails early, with what to install, when it cannot
     lower, upper = _port_range(options.port_range)
     sockets = [_bound(options.ip, lower, upper) for _ in (*CHANNELS, "comm")]
@@ -87,14 +95,18 @@ def main(argv: list[str] | None = None) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m worker_kernel.launcher", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kernel-id", required=True, help="the kernel's id, sent back with its connection info")
-    parser.add_argument("--response-address", required=True, metavar="IP:PORT", help="where to send it")
-    parser.add_argument("--public-key", required=True, help="the broker's RSA public key (base64 DER)")
-    parser.add_argument("--port-range", default="0..0", metavar="LOW..HIGH", help="ports to use (0..0: any)")
+    # the container provisioners pass these in the environment (KERNEL_ID, RESPONSE_ADDRESS, ...) instead
+    env = os.environ.get
+    parser.add_argument("--kernel-id", default=env("KERNEL_ID"), help="the kernel's id, sent back with its info")
+    parser.add_argument("--response-address", default=env("RESPONSE_ADDRESS"), metavar="IP:PORT", help="where to")
+    parser.add_argument("--public-key", default=env("PUBLIC_KEY"), help="the broker's RSA public key (base64 DER)")
+    parser.add_argument(
+        "--port-range", default=env("PORT_RANGE") or "0..0", metavar="LOW..HIGH", help="ports to use (0..0: any)"
+    )
     parser.add_argument(
         "--transport-encryption",
         nargs="?",
-        default="",
+        default=os.environ.get("TRANSPORT_ENCRYPTION", ""),
         help="the provisioner's policy; this launcher always makes CurveZMQ keys unless --allow-plaintext",
     )
     parser.add_argument("--ip", default="0.0.0.0", help="the address the worker listens on (default: all)")
