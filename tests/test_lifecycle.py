@@ -154,3 +154,13 @@ def test_the_warm_pool_is_not_used_for_other_specs(copies):
         assert proxy.pid() != warm
         assert proxy.environment("WB_SPECIAL") == "1"
         assert broker.warm_pids == [warm]
+
+
+def test_a_workers_atexit_handlers_run_at_shutdown(broker, workers_dir, tmp_path):
+    """A worker ends without Python's finalisation, but its modules' atexit handlers still run."""
+    farewell = workers_dir / "farewell.py"
+    note = tmp_path / "note.txt"
+    broker.worker_proxy(farewell).say_goodbye_to(str(note))
+    assert not note.exists()
+    assert broker.remove_worker(farewell)  # returns once the process has ended
+    assert note.read_text() == "goodbye"

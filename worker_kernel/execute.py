@@ -12,51 +12,45 @@ import codeop
 import rlcompleter
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-if TYPE_CHECKING:
-    from .kernel import WorkerKernel
-    from .wire import Message
+from .iopub import flush_output
+
+MAX_COMPLETIONS = 500  # matches a complete_request answers with at most
+
+Publish = Callable[[str, dict[str, Any]], None]  # (iopub message type, content), parented on the request
 
 
-def execute(kernel: WorkerKernel, msg: Message) -> None:
-    content = msg.content
-    code = str(content.get("code", ""))
-    silent = bool(content.get("silent", False))
-    if not silent and content.get("store_history", True):
-        kernel.execution_count += 1
-    count = kernel.execution_count
+def execute(code: str, namespace: dict[str, Any], count: int, publish: Publish, *, silent: bool = False) -> dict:
+    """Run a cell's ``code`` in ``namespace`` as execution number ``count``; the content of the
+    ``execute_reply``. ``publish`` sends the iopub messages (``execute_input``, ``execute_result``, ``error``),
+    none of them when ``silent``."""
     if not silent:
-        kernel.iopub.publish("execute_input", {"code": code, "execution_count": count}, msg.header)
+        publish("execute_input", {"code": code, "execution_count": count})
 
     def display(value: Any) -> None:
         if value is None:
             return
         builtins._ = value  # type: ignore[attr-defined]
         if not silent:
-            kernel.iopub.publish(
-                "execute_result",
-                {"execution_count": count, "data": {"text/plain": repr(value)}, "metadata": {}},
-                msg.header,
-            )
+            publish("execute_result", {"execution_count": count, "data": {"text/plain": repr(value)}, "metadata": {}})
 
     saved_hook = sys.displayhook
     sys.displayhook = display
     try:
         for compiled in _compile_cell(code):
-            exec(compiled, kernel.namespace)
+            exec(compiled, namespace)
     except BaseException as exc:
-        _flush()
-        lines = traceback.format_exception(exc)
-        error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": lines}
+        flush_output()
+        error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": traceback.format_exception(exc)}
         if not silent:
-            kernel.iopub.publish("error", error, msg.header)
-        kernel._reply(kernel.shell, msg, {"status": "error", "execution_count": count, **error})
-        return
+            publish("error", error)
+        return {"status": "error", "execution_count": count, **error}
     finally:
         sys.displayhook = saved_hook
-    _flush()
-    kernel._reply(kernel.shell, msg, {"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []})
+    flush_output()
+    return {"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []}
 
 
 def _compile_cell(code: str) -> list[Any]:
@@ -70,11 +64,6 @@ def _compile_cell(code: str) -> list[Any]:
     if last:
         parts.append(compile(ast.Interactive(body=last), "<cell>", "single"))
     return parts
-
-
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
 
 
 def is_complete(code: str) -> dict[str, Any]:
@@ -96,6 +85,6 @@ def complete(namespace: dict[str, Any], content: dict[str, Any]) -> dict[str, An
     text = code[start:cursor]
     completer = rlcompleter.Completer(namespace)
     matches: list[str] = []
-    while (match := completer.complete(text, len(matches))) is not None and len(matches) < 500:
+    while (match := completer.complete(text, len(matches))) is not None and len(matches) < MAX_COMPLETIONS:
         matches.append(match.rstrip(" ("))
     return {"status": "ok", "matches": matches, "cursor_start": start, "cursor_end": cursor, "metadata": {}}

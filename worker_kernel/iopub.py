@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import io
+import sys
 import threading
 from collections import deque
 from typing import Any
@@ -130,3 +131,11 @@ class OutputStream(io.TextIOBase):
         if owner is not None:
             owner.outputs += 1
         self._iopub.publish("stream", {"name": self.name, "text": text}, owner.header if owner else None)
+
+
+def flush_output() -> None:
+    """Send what the worker's ``print`` calls have left in its output streams (when they are still ours: code
+    may have replaced ``sys.stdout``) as stream messages: before a reply, so that output never trails it."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, OutputStream):
+            stream.flush()

@@ -28,7 +28,7 @@ import zmq
 from . import __version__
 from .codec import Unencodable, decode_value, encode_value, exception_from_wire, exception_to_wire
 from .errors import CallTimeout
-from .iopub import IOPub, OutputStream, Request, current_request
+from .iopub import IOPub, OutputStream, Request, current_request, flush_output
 from .lazylog import LazyLogger
 from .loader import module_name_for, shipped
 from .runner import CallContext, CallRunner, current
@@ -244,7 +244,7 @@ class WorkerKernel:
             import asyncio
 
             # we run in a callback of the loop: make sure it still counts as running, even if an interrupt
-            # landed while a sync function ran outside it (see _outside_loop)
+            # landed while a sync function ran outside it (see _outside_loop for why the private call)
             asyncio.events._set_running_loop(self.loop)
 
     def _next_shell(self) -> None:
@@ -403,7 +403,7 @@ class WorkerKernel:
             current.reset(call_token)
             current_request.reset(request_token)
         if error is not None:
-            _flush_streams()
+            flush_output()
             self._error_reply(self.shell, msg, error, request)
             return
         self._send_value(msg, request, value)
@@ -414,6 +414,10 @@ class WorkerKernel:
         anyway: a sync call holds the worker's main thread."""
         import asyncio
 
+        # asyncio has no public way to step out of a running loop on its thread: _get/_set_running_loop are the
+        # hooks it exports (asyncio.events.__all__) for event loops written outside it, such as uvloop.
+        # tests/test_broker.py::test_sync_functions_may_use_asyncio_run_after_the_worker_started_its_loop fails
+        # if they change.
         running = asyncio.events._get_running_loop()
         asyncio.events._set_running_loop(None)
         try:
@@ -435,7 +439,7 @@ class WorkerKernel:
             finally:
                 _hook(trace, self.runner, "after_call", context) if trace else self.runner.after(context)
         except BaseException as exc:  # CancelledError included: an interrupted call still gets its reply
-            _flush_streams()
+            flush_output()
             self._error_reply(self.shell, msg, exc, request)
         else:
             self._send_value(msg, request, value)
@@ -444,7 +448,7 @@ class WorkerKernel:
             self.loop.call_soon(self._drain_all)
 
     def _send_value(self, msg: Message, request: Request, value: Any) -> None:
-        _flush_streams()
+        flush_output()
         buffers: list[Any] = []
         try:
             encoded = encode_value(value, buffers, "the result")
@@ -570,11 +574,23 @@ class WorkerKernel:
     def _execute(self, msg: Message) -> None:
         from .execute import execute
 
+        content = msg.content
+        silent = bool(content.get("silent", False))
+        if not silent and content.get("store_history", True):
+            self.execution_count += 1
+
+        def publish(kind: str, data: dict[str, Any]) -> None:
+            self.iopub.publish(kind, data, msg.header)
+
+        def run() -> None:
+            code = str(content.get("code", ""))
+            self._reply(self.shell, msg, execute(code, self.namespace, self.execution_count, publish, silent=silent))
+
         request = Request(msg.raw_header, msg.idents)
         token = current_request.set(request)
         self._sync_depth += 1
         try:
-            self._with_status(msg, lambda: execute(self, msg))
+            self._with_status(msg, run)
         finally:
             self._sync_depth -= 1
             current_request.reset(token)
@@ -652,8 +668,11 @@ class WorkerKernel:
         self._stop()
 
     def _close(self) -> None:
-        _flush_streams()
+        flush_output()
         try:
+            # the worker ends with os._exit, without Python's finalisation (its heartbeat and control threads sit
+            # in ZeroMQ calls), which skips atexit: the modules' handlers are run here, by the one way Python
+            # offers short of exiting. tests/test_lifecycle.py::test_a_workers_atexit_handlers_run_at_shutdown
             atexit._run_exitfuncs()
         finally:
             self.iopub.close()
@@ -681,12 +700,6 @@ def _answer(msg: Message) -> Any:
     if content.get("status") == "ok":
         return decode_value(content.get("value"), msg.buffers)
     raise exception_from_wire(content, msg.buffers)
-
-
-def _flush_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, OutputStream):
-            stream.flush()
 
 
 def _echo(sock: zmq.Socket, broker_timeout: float | None = None) -> None:
