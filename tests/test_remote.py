@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -355,3 +356,17 @@ def test_a_sandboxed_remote_worker_is_refused(remote_env, modules):
     with WorkerBroker(worker_constructor=lambda module, sid: sandboxed, warm_workers=0) as broker:
         with pytest.raises(WorkerStartError, match="would run it unconfined"):
             broker.worker_proxy(far).add(1, 2)
+
+
+def test_a_hung_remote_worker_is_declared_dead_and_ended_through_its_provisioner(remote_env, modules):
+    """Stopped, it answers nothing and cannot end itself: the broker's kill reaches it through the launcher."""
+    host, (far, _) = remote_env, modules
+    with remote_broker(far, call_timeout=WAIT) as broker:
+        proxy = broker.worker_proxy(far)
+        pid, _ = proxy.where()
+        launcher = launchers(host, pid)
+        os.kill(pid, signal.SIGSTOP)  # the test host shares this machine's pid space
+        with pytest.raises(WorkerDied, match="heartbeat"):
+            proxy.add(1, 2)
+        assert wait_gone({pid, *launcher}) == set()
+        assert proxy.add(1, 2) == 3  # a fresh worker

@@ -15,6 +15,9 @@ jupyter_client ``AsyncKernelManager``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
+import signal
 import threading
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -23,9 +26,13 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 
 T = TypeVar("T")
+log = logging.getLogger("wb_magic")
 
 START_TIMEOUT = 120.0  # seconds a provisioner may take to start a kernel (its own launch timeout is shorter)
 CONTROL_TIMEOUT = 60.0  # seconds for a poll, a signal, a shutdown
+EXIT_GRACE = 2.0  # seconds a remote kernel asked to shut down gets to exit before it is killed
+SHUTDOWN_TIMEOUT = 10.0  # seconds the broker waits for a kernel to be seen ending
+EXIT_POLL = 0.05  # seconds between polls meanwhile (each one a connection to the launcher's port)
 
 
 class _Engine:
@@ -120,9 +127,47 @@ class ProvisionedKernel:
 
     # what the broker asks of a kernel manager
     def shutdown_kernel(self, now: bool = False) -> None:
-        if self.manager.provisioner is not None:
-            engine().run(self.manager.shutdown_kernel(now=now), CONTROL_TIMEOUT)
+        """End the kernel and release what it held. A remote kernel that the broker has just asked to shut down
+        gets EXIT_GRACE to exit before the provisioner kills it (its own kill polls every half second). Waits
+        SHUTDOWN_TIMEOUT at most: over a cut link the provisioner cannot reach the host, and the worker ends
+        itself once the broker's heartbeats stop."""
+        if self.manager.provisioner is None:
+            return
+        ending = asyncio.run_coroutine_threadsafe(self._end(EXIT_GRACE if self.remote else 0.0, now), engine().loop)
+        try:
+            ending.result(SHUTDOWN_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            log.warning("kernel %s was not seen to end within %s s", self.manager.kernel_id, SHUTDOWN_TIMEOUT)
+        except Exception:
+            log.warning("ending kernel %s failed", self.manager.kernel_id, exc_info=True)
 
     def cleanup_resources(self) -> None:
-        if self.manager.provisioner is not None:
+        """Release what the kernel held. The broker calls this on a worker it has given up on (on the pump's
+        thread, which must not wait on another host): a remote kernel is ended through its provisioner (it may
+        be hung, not dead), in the background; a local one is released at once."""
+        if self.manager.provisioner is None:
+            return
+        if self.remote:
+            ending = asyncio.run_coroutine_threadsafe(self._end(EXIT_GRACE, True, kill=True), engine().loop)
+            ending.add_done_callback(self._ended)
+        else:
             engine().run(self.manager.cleanup_resources(), CONTROL_TIMEOUT)
+
+    def _ended(self, ending: concurrent.futures.Future) -> None:
+        if not ending.cancelled() and ending.exception() is not None:
+            log.warning("ending kernel %s failed: %s", self.manager.kernel_id, ending.exception())
+
+    async def _end(self, grace: float, now: bool, *, kill: bool = False) -> None:
+        """Wait up to ``grace`` for the kernel to exit (after SIGKILL with ``kill``: the broker gave up on it),
+        then have the manager shut it down and release it."""
+        provisioner = self.manager.provisioner
+        if provisioner is None:
+            return  # already ended
+        if kill:
+            await provisioner.send_signal(signal.SIGKILL)
+        for _ in range(int(grace / EXIT_POLL)):
+            if await provisioner.poll() is not None:
+                break
+            await asyncio.sleep(EXIT_POLL)
+        if self.manager.provisioner is not None:
+            await self.manager.shutdown_kernel(now=now)
