@@ -26,6 +26,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 from wb_magic import CallTimeout, Permissions, WorkerBroker, WorkerDied, WorkerSpec, WorkerStartError
 from wb_magic.launcher import SANDBOX_ENV
 from worker_kernel.permissions import SandboxConfig
+from worker_kernel.procstatus import is_confined, read_status
 from worker_kernel.sandbox import NR, landlock_abi
 
 WORKERS = Path(__file__).parent / "workers"
@@ -141,12 +142,11 @@ def test_the_worker_process_holds_no_privilege(sandbox):
     broker, attacks = sandbox()
     attacks.hello("x")
     worker = broker.worker_for(ATTACKS)
-    with open(f"/proc/{worker.pid}/status") as f:
-        status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
-    assert status["NoNewPrivs"].strip() == "1"
-    assert status["Seccomp"].strip() == "2"
+    status = read_status(worker.pid)
+    assert (status["NoNewPrivs"], status["Seccomp"]) == ("1", "2") and is_confined(status)
     for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
         assert int(status[name], 16) == 0, name
+    assert read_status(2**22 + 1) == {} and not is_confined({})  # past the largest pid: no such process
 
 
 def test_interrupts_and_timeouts_still_reach_a_sandboxed_worker(sandbox):

@@ -38,6 +38,7 @@ from typing import Any, NoReturn
 
 from .loader import isolate_module_folders
 from .permissions import REFUSED_EXIT_CODE, Permissions, SandboxConfig, refusal_file
+from .procstatus import has_capability, read_status
 
 # -- constants (linux/landlock.h, linux/seccomp.h, linux/capability.h, linux/prctl.h, asm/unistd_64.h) -----------
 
@@ -262,19 +263,8 @@ def seccomp_problem() -> str | None:
     return None
 
 
-def _status() -> str:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
 def _has_capability(cap: int) -> bool:
-    for line in _status().splitlines():
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) >> cap & 1)
-    return False
+    return has_capability(read_status(), cap)
 
 
 # -- the rules --------------------------------------------------------------------------------------------------
