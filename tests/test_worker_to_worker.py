@@ -92,3 +92,29 @@ def test_a_call_policy_can_refuse_worker_to_worker_calls(workers_dir):
             caller.greet("denied")
         assert caller.who_calls_callee() == ["caller.py", None]  # another target is allowed
         assert seen == [("caller.py", "hello.py", "hello"), ("caller.py", "callee.py", "who_called")]
+
+
+def test_a_segregation_id_means_the_same_worker_from_the_host_and_from_a_worker(caller, broker, workers_dir):
+    """Every side reads a target alike (worker_kernel.loader.split_target): 0 is the worker of "0", not the
+    shared one; None and "" are the shared one."""
+    counter = workers_dir / "counter.py"
+    assert broker.worker_proxy((counter, 0)).increment() == 1
+    assert caller.count_in(0) == 2
+    assert caller.count_in("0") == 3
+    assert broker.worker_proxy((counter, "0")).increment() == 4
+    assert caller.count_in(None) == 1
+    assert caller.count_in("") == 2
+    assert broker.worker_proxy(counter).increment() == 3
+    assert {w.segregation_id for w in broker.workers if w.module == str(counter)} == {None, "0"}
+
+
+def test_split_target():
+    from worker_kernel.loader import split_target
+
+    assert split_target("m.py") == ("m.py", None)
+    assert split_target(("m.py", 0)) == ("m.py", "0")
+    assert split_target(("m.py", "")) == ("m.py", None)
+    assert split_target(("m.py", None)) == ("m.py", None)
+    assert split_target(("m.py", False)) == ("m.py", "False")
+    with pytest.raises(ValueError, match="a target is a module spec or a"):
+        split_target(("m.py", "a", "b"))

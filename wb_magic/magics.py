@@ -44,7 +44,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from worker_kernel.loader import is_file_spec, module_name_for, resolve_module
+from worker_kernel.loader import is_file_spec, module_name_for, resolve_module, split_target
 
 from . import debug
 from .broker import WorkerBroker
@@ -198,9 +198,9 @@ class WorkerBrokerMagics(Magics):
         _check_identifier(name, "NAME")
         if args.timeout is not None and not args.timeout > 0:
             raise UsageError(f"the timeout must be a positive number of seconds, not {args.timeout}")
-        target = (module, args.segregation_id)
+        target = split_target((module, args.segregation_id))
         broker = get_broker()
-        functions = broker.describe(_canonical(target))[1]["functions"]  # starts the worker: errors show now
+        functions = broker.describe(target)[1]["functions"]  # starts the worker: errors show now
         proxy: Any
         if args.function is not None:
             _check_identifier(args.function, "FUNCTION")
@@ -399,11 +399,6 @@ class WorkerBrokerMagics(Magics):
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
-
-
-def _canonical(target: tuple[str, str | None]) -> tuple[str, str | None]:
-    module, segregation_id = target
-    return module, (segregation_id if segregation_id not in (None, "") else None)
 
 
 def _check_identifier(name: str, what: str) -> None:

@@ -15,7 +15,7 @@ import importlib.util
 import os
 import sys
 from types import ModuleType
-from typing import Union
+from typing import Any, Union
 
 ModuleSpec = Union[str, os.PathLike]
 
@@ -32,6 +32,21 @@ def isolate_module_folders() -> None:
     """From now on, loading a module file does not put its folder on ``sys.path`` (a sandboxed worker)."""
     global _module_folders_on_path
     _module_folders_on_path = False
+
+
+def split_target(target: Any) -> tuple[Any, str | None]:
+    """A target's module spec and segregation id, as every side reads them. A target is a module spec or a
+    ``(spec, segregation id)`` pair; the id becomes its ``str()`` (so ``0`` is ``"0"``, not the shared worker),
+    and ``None`` or ``""`` mean the shared worker. Raises `ValueError` for a tuple of another length."""
+    if isinstance(target, tuple):
+        if len(target) != 2:
+            raise ValueError("a target is a module spec or a (module spec, segregation id) pair")
+        spec, segregation_id = target
+    else:
+        spec, segregation_id = target, None
+    if segregation_id is None or (isinstance(segregation_id, str) and not segregation_id):
+        return spec, None
+    return spec, str(segregation_id)
 
 
 def is_file_spec(spec: str) -> bool:

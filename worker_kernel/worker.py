@@ -20,6 +20,7 @@ from typing import Any
 
 from .codec import encode_value
 from .iopub import current_request
+from .loader import split_target
 from .proxy import ModuleProxy, make_function
 from .runner import CallContext, current
 
@@ -97,12 +98,8 @@ class BrokerProxy:
 
 
 def _target(target: Any) -> tuple[str, str | None]:
-    if isinstance(target, tuple):
-        if len(target) != 2:
-            raise ValueError("a target is a module spec or a (module spec, segregation id) pair")
-        spec, segregation = target
-        return os.fspath(spec), (str(segregation) if segregation else None)
-    return os.fspath(target), None
+    spec, segregation_id = split_target(target)  # resolved by the broker, against the calling module's file
+    return os.fspath(spec), segregation_id
 
 
 def broker_proxy() -> BrokerProxy:

@@ -40,3 +40,8 @@ def call_missing():
 def print_through():
     print("caller prints")
     return peer.shout("callee prints")
+
+
+def count_in(segregation_id):
+    """Increment the counter of the worker of counter.py for ``segregation_id``."""
+    return broker_proxy().worker_proxy(("./counter.py", segregation_id)).increment()
