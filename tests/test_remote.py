@@ -370,3 +370,19 @@ def test_a_hung_remote_worker_is_declared_dead_and_ended_through_its_provisioner
             proxy.add(1, 2)
         assert wait_gone({pid, *launcher}) == set()
         assert proxy.add(1, 2) == 3  # a fresh worker
+
+
+def test_the_provisioner_contract_reaches_a_remote_worker(remote_env, modules):
+    host, (far, _) = remote_env, modules
+    with remote_broker(far) as broker:
+        proxy = broker.worker_proxy(far)
+        pid, _ = proxy.where()
+        launcher = launchers(host, pid)
+        kernel = broker.worker_for(far).manager
+        assert kernel.remote and kernel.pid is None  # its pid is the remote host's business
+        assert kernel.poll() is None
+        kernel.send_signal(signal.SIGUSR1)  # would end it; the launcher forwards only INT, TERM and KILL
+        assert proxy.where()[0] == pid
+        kernel.terminate()
+        assert wait_gone({pid, *launcher}) == set()
+        assert kernel.poll() == 0  # the launcher's port is closed: gone
