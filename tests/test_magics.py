@@ -446,6 +446,11 @@ def test_tab_completion_and_pinfo_show_the_remote_module(ip, workers_dir):
     help_text = printed(ip, "hello.hello?")
     assert "Signature: hello.hello(name: str, greeting: str = 'Hello') -> str" in help_text
     assert "Docstring: Greet someone by name." in help_text
+    assert re.search(r"^File:\s+(.*)$", help_text, re.MULTILINE)[1] == str(workers_dir / "hello.py")  # not proxy.py
+    source = printed(ip, "hello.ahello??")
+    assert "async def ahello(" in source and "proxy.py" not in source  # the module's own source
+    ok(ip, "%wb_proxy email.utils")  # a dotted module: its file, found without importing it here
+    assert re.search(r"^File:\s+.*/email/utils\.py$", printed(ip, "utils.parseaddr?"), re.MULTILINE)
 
 
 # -- in a real notebook kernel --------------------------------------------------------------------------------

@@ -118,3 +118,16 @@ def test_split_target():
     assert split_target(("m.py", False)) == ("m.py", "False")
     with pytest.raises(ValueError, match="a target is a module spec or a"):
         split_target(("m.py", "a", "b"))
+
+
+def test_module_file_finds_a_dotted_module_without_importing_it():
+    """What ``proxy.fn?`` names as the file of a dotted module: found on the host without running its packages."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from worker_kernel.loader import module_file\n"
+        "print(module_file('xml.dom.minidom'), module_file('xml.nothere'), module_file('sys'), 'xml' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0].endswith("/xml/dom/minidom.py") and out[1:] == ["None", "None", "False"]

@@ -102,6 +102,26 @@ def located_file(canonical: str) -> str | None:
     return os.path.realpath(found.origin)
 
 
+def module_file(canonical: str) -> str | None:
+    """The source file of a canonical module on this machine, found without importing (running) anything of it
+    or of its packages; None if it has none here (a built-in module, say)."""
+    if is_file_spec(canonical):
+        return canonical if os.path.isfile(canonical) else None
+    import importlib.machinery
+
+    parts = canonical.split(".")
+    search: list[str] | None = [os.getcwd(), *sys.path]
+    found = None
+    for depth in range(1, len(parts) + 1):
+        if search is None:  # a module, not a package: it has no submodules
+            return None
+        found = importlib.machinery.PathFinder.find_spec(".".join(parts[:depth]), search)
+        if found is None:
+            return None
+        search = list(found.submodule_search_locations) if found.submodule_search_locations is not None else None
+    return found.origin if found is not None and found.has_location and found.origin else None
+
+
 def source_path(canonical: str) -> str:
     """The file a canonical module is executed from. Raises `ModuleNotFoundError`."""
     if is_file_spec(canonical):

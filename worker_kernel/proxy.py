@@ -2,7 +2,8 @@
 
 `ModuleProxy` is a real `types.ModuleType`, so ``dir()``, tab completion and ``help()`` treat it as a module;
 its functions are real Python functions carrying the remote signature and docstring, so ``inspect.signature``
-and ``fn?`` show them. A `Caller` does the calling: the broker on the host, the worker kernel inside a worker.
+and ``fn?`` show them, and the module's file (``__wrapped__`` stands in for the remote function, defined there).
+A `Caller` does the calling: the broker on the host, the worker kernel inside a worker.
 
 Signatures arrive as text from a worker that is not trusted. They are parsed with `ast` and never evaluated:
 defaults and annotations are shown as their source text.
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .errors import NoSuchFunction
+from .loader import module_file
 
 
 class Caller(Protocol):
@@ -59,10 +61,38 @@ def make_function(
     proxy.__doc__ = (info or {}).get("doc") or f"Runs {name}() of {module} in its worker."
     if info is not None:
         proxy.__dict__["__signature__"] = parse_signature(str(info.get("signature", "")))
+        file = module_file(target[0]) if isinstance(target, tuple) and isinstance(target[0], str) else None
+        if file is not None:
+            proxy.__dict__["__wrapped__"] = _stand_in(name, file)
     proxy.__dict__["with_timeout"] = lambda seconds: make_function(
         caller, target, name, asynchronous=asynchronous, timeout=seconds, info=info
     )
     return proxy
+
+
+def _stand_in(name: str, file: str) -> Callable[..., Any]:
+    """What ``proxy.__wrapped__`` is: a function that says where ``name`` is defined (``file``, at the line of its
+    ``def``), for the tools that look (IPython's ``fn?`` and ``fn??``, `inspect.getsource`). It runs nowhere."""
+
+    def stand_in(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"{name}() runs in its worker: call its proxy")
+
+    stand_in.__code__ = stand_in.__code__.replace(co_filename=file, co_firstlineno=_def_line(file, name), co_name=name)
+    stand_in.__name__ = stand_in.__qualname__ = name
+    return stand_in
+
+
+def _def_line(file: str, name: str) -> int:
+    """The line of ``def name`` (or ``async def name``) at the top level of ``file``; 1 if there is none."""
+    import linecache
+    import re
+
+    definition = re.compile(rf"(?:async\s+)?def\s+{re.escape(name)}\b")
+    linecache.checkcache(file)  # the file may have changed since (a reload)
+    for number, line in enumerate(linecache.getlines(file), 1):
+        if definition.match(line):
+            return number
+    return 1
 
 
 class ModuleProxy(types.ModuleType):
