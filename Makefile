@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo tour test lint bench clean
+.PHONY: demo demo-otel tour test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ $(DEMO_STAMP): $(STAMP)
 # the example web app on http://localhost:8000 (127.0.0.1 only; WB_APP_PORT=... picks another port)
 demo: $(DEMO_STAMP)
 	$(BIN)/python -m examples.app
+
+# the same, each request traced through the workers with OpenTelemetry: spans to the console, or by OTLP to
+# OTEL_EXPORTER_OTLP_ENDPOINT when it is set (e.g. OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 make demo-otel)
+demo-otel: $(DEMO_STAMP)
+	$(BIN)/python -m examples.app --otel
 
 tour: $(STAMP)
 	$(BIN)/python -m examples.tour

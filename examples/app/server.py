@@ -260,6 +260,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="strict",
         help="strict (the default): an untrusted worker whose sandbox this machine cannot enforce does not start",
     )
+    parser.add_argument(
+        "--otel",
+        action="store_true",
+        help="trace every request through the workers with OpenTelemetry (make demo-otel; examples/app/telemetry.py)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     # SIGTERM ends the server as Ctrl-C does, so that the workers are shut down on the way out
@@ -269,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     port = sock.getsockname()[1]
     upstream = Upstream()
     broker = make_broker(upstream.url, args.enforce)
+    provider: Any = None  # the tracer provider, with --otel
     try:
         broker.worker_import(HANDLER)  # start the handler now rather than on the first request
         base = f"http://localhost:{port}"
@@ -276,11 +282,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         for url in TRY:
             print(f"  {base}{url}", flush=True)
         print(f"(the fetch proxy fetches from {upstream.url}, a stand-in for a joke API; Ctrl-C stops)", flush=True)
-        config = uvicorn.Config(create_app(broker), host="127.0.0.1", port=port, log_level="info")
+        app: Any = create_app(broker)
+        if args.otel:
+            from .telemetry import instrument
+
+            app, provider, where = instrument(app)
+            print(f"tracing every request with OpenTelemetry; spans go to {where}", flush=True)
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info")
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:
+        if provider is not None:
+            provider.shutdown()  # exports what is still queued
         broker.close()
         upstream.close()
         sock.close()
