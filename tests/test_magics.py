@@ -662,3 +662,8 @@ def test_wb_trace_without_the_sdk_says_how_to_install_it(ip, monkeypatch):
     monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # as if opentelemetry-sdk were not installed
     line = usage_error(ip, "%%wb_trace\n1 + 1")
     assert "pip install opentelemetry-sdk" in line
+
+
+def test_wb_trace_refuses_a_cell_that_awaits_at_top_level(ip):
+    line = usage_error(ip, "%%wb_trace\nimport asyncio\nawait asyncio.sleep(0)")
+    assert "awaits at top level" in line

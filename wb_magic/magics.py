@@ -308,6 +308,15 @@ class WorkerBrokerMagics(Magics):
 
         shell = self.shell
         assert shell is not None
+        try:
+            awaits = shell.should_run_async(cell, transformed_cell=shell.transform_cell(cell))
+        except Exception:  # a syntax error: the cell itself reports it
+            awaits = False
+        if awaits:  # a nested cell cannot await on the loop that runs this one
+            raise UsageError(
+                "%%wb_trace cannot run a cell that awaits at top level; put the awaits in an async function and trace"
+                " it with WorkerBrokerInstrumentor and a tracer provider (docs/telemetry.md)"
+            )
 
         def run() -> BaseException | None:
             result = shell.run_cell(cell, store_history=False)
