@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from wb_magic import Permissions, WorkerBroker, WorkerDied, WorkerSpec, tracing
 from wb_magic.launcher import without_auto_instrumentation
 from wb_magic.telemetry import WorkerBrokerInstrumentor
+from wb_magic.waterfall import Waterfall
 from wb_magic.worker_spans import MAX_NAME, MAX_SPANS, accept
 
 HERE = Path(__file__).parent / "workers" / "telemetry"
@@ -180,6 +181,8 @@ def test_forged_spans_are_capped_and_the_broker_sets_what_it_vouches_for(broker,
     assert client.attributes["wb_magic.worker_spans.refused"] >= 1000 - MAX_SPANS
     ids = {s.context.span_id for s in spans}
     assert all(s.parent is None or s.parent.span_id in ids for s in spans)  # nothing hangs off an unknown span
+    page = Waterfall(spans)._repr_html_()
+    assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
 
 
 def test_uninstrument_stops_new_spans(broker, exporter):

@@ -72,6 +72,7 @@ class BrokerTracer:
         self.provider = tracer_provider
         self.version = __version__
         self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
+        self._sdk: tuple[Any, Any] = (None, None)  # (provider, its SDK tracer or None), looked up once a provider
 
     def start(self, worker: Any, msg_type: str, content: dict[str, Any], routed: Any) -> CallTrace | None:
         content.pop("trace", None)
@@ -112,8 +113,13 @@ class BrokerTracer:
     def sdk_tracer(self) -> Any:
         """The SDK tracer that worker spans go through, or None when the provider is not the SDK's."""
         provider = self.provider if self.provider is not None else trace.get_tracer_provider()
-        tracer = provider.get_tracer(SCOPE, self.version)
-        return tracer if hasattr(tracer, "span_processor") and hasattr(tracer, "resource") else None
+        if self._sdk[0] is not provider:
+            tracer = provider.get_tracer(SCOPE, self.version)
+            self._sdk = (
+                provider,
+                tracer if hasattr(tracer, "span_processor") and hasattr(tracer, "resource") else None,
+            )
+        return self._sdk[1]
 
 
 class CallTrace:
@@ -161,7 +167,7 @@ class CallTrace:
         from opentelemetry.sdk.trace import Event, ReadableSpan
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-        scope = InstrumentationScope(SCOPE, self.owner.version)
+        scope = _scope(self.owner.version, InstrumentationScope)
         vouched: dict[str, Any] = {"wb_magic.worker": module_name_for(str(self.worker.module))}
         if self.worker.pid is not None:
             vouched["process.pid"] = self.worker.pid
@@ -230,6 +236,16 @@ def record_trace(action: Callable[[], BaseException | None], name: str = "%%wb_t
         tracing.tracer = previous
     trace_id = root.get_span_context().trace_id
     return [span for span in exporter.get_finished_spans() if span.context.trace_id == trace_id]
+
+
+_scopes: dict[str, Any] = {}
+
+
+def _scope(version: str, make: Any) -> Any:
+    scope = _scopes.get(version)
+    if scope is None:
+        scope = _scopes[version] = make(SCOPE, version)
+    return scope
 
 
 def _outcome(span: WorkerSpan, event: Any) -> tuple[list[Any], Status]:

@@ -42,8 +42,9 @@ def forge():
         spans = original(self, error)
         server = next(span for span in spans if span.get("kind") == "server")
         vouched = {"process.pid": 1, "wb_magic.worker": "someone else", "wb_magic.segregation_id": "x", "own.key": "v"}
+        name = "<img src=x onerror=alert(1)>" + "n" * 2000
         many = [
-            dict(server, span_id=f"{i + 1:016x}", parent_id=server["span_id"], kind="internal", name="n" * 2000,
+            dict(server, span_id=f"{i + 1:016x}", parent_id=server["span_id"], kind="internal", name=name,
                  attributes=vouched)
             for i in range(1000)
         ]  # fmt: skip
