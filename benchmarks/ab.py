@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .harness import ROOT
 
-MEASURES = ("hot median", "hot p99", "pipelined calls/s", "worker to worker", "direct")
+MEASURES = ("hot median", "hot p99", "hot cpu", "pipelined calls/s", "worker to worker", "direct")
 
 
 def run_tree(tree: Path) -> dict[str, float]:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(other)], check=False)
-    print(f"\nmedians of {options.pairs} runs each (µs, or calls/s):")
+    print(f"\nmedians of {options.pairs} runs each (µs, or calls/s; hot cpu: host and worker CPU µs a hot call):")
     for name, runs in results.items():
         print(f"{name:>12}: " + ", ".join(f"{k} {statistics.median(r[k] for r in runs):,.0f}" for k in MEASURES))
     return 0
