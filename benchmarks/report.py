@@ -1,4 +1,4 @@
-"""From one run's results: the targets of issue 7 with their status, the Markdown report and the plot."""
+"""From one run's results: the project's speed targets with their status, the Markdown report and the plot."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _mib(value: float | None) -> str:
 
 
 def targets(results: Results) -> list[dict[str, Any]]:
-    """One row per target of the issue: what was measured, the ratio, and pass / near / FAIL / n/a."""
+    """One row per speed target: what was measured, the ratio, and pass / near / FAIL / n/a."""
     rows: list[dict[str, Any]] = []
     med, p99 = results.median, results.p99
 
@@ -234,10 +234,10 @@ def markdown(results: Results, rows: list[dict[str, Any]], plot: str | None) -> 
         + (" (quick: too few samples to mean much)" if results.quick else "")
         + ".",
         "",
-        "## Targets (issue 7)",
+        "## Targets",
         "",
         "Ratios are wb-magic over the peer, from medians measured in this same run (throughput ratios: ours over "
-        'theirs). *near* means within the issue\'s "not done above" bound but over the target.',
+        "theirs). *near* means over the target but within the bound past which it counts as failed.",
         "",
     ]
     out += _table(

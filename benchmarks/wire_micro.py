@@ -1,7 +1,6 @@
 """The wire format alone: build and parse one signed call message, jupyter_client's Session beside ours.
 
-No sockets: what a message costs each side in Python before ZeroMQ sees it (the issue measured
-jupyter_client's Session at about 300 us a message).
+No sockets: what a message costs each side in Python before ZeroMQ sees it, measured for both.
 """
 
 from __future__ import annotations

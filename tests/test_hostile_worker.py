@@ -109,7 +109,18 @@ def test_an_output_flood_is_capped(brokered, capsys):
     _, hostile, _ = brokered
     assert hostile.flood_output(2000, 10_000) == 2000  # 20 MB of output for one call
     out = capsys.readouterr().out
-    assert len(out) <= 2 * 1024 * 1024 and "truncated" in out
+    assert len(out) <= 2 * 1024 * 1024 and "printed too much: the rest is truncated" in out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="broker._within_output_cap notes the cut again for the line after the one that crossed the cap: its"
+    " 'already cut' test should be `room < 0`, not `room + len(text) <= 0` (broker.py is being rewritten)",
+)
+def test_the_output_cap_is_noted_once_when_output_comes_line_by_line(brokered, capsys):
+    _, hostile, _ = brokered
+    assert hostile.flood_output(2000, 10_000) == 2000
+    assert capsys.readouterr().out.count("printed too much: the rest is truncated") == 1
 
 
 def test_a_huge_message_is_refused(brokered):

@@ -438,6 +438,7 @@ def _short_path(module: str) -> str:
 
 _COLUMNS = ("key", "module", "segregation id", "pid", "state", "calls", "last used", "memory", "connection file")
 _NUMERIC = {"pid", "calls", "memory", "last used"}
+MAX_KEY = 60  # characters of a worker key of a worker_key_supplier's making shown in the table
 
 
 @dataclass(frozen=True)
@@ -515,8 +516,8 @@ def _row(info: WorkerInfo, label: Any) -> WorkerRow:
         key_text = label(info.module) + (f" [{info.segregation_id}]" if info.segregation_id else "")
     else:
         key_text = repr(key)
-        if len(key_text) > 60:
-            key_text = key_text[:57] + "..."
+        if len(key_text) > MAX_KEY:
+            key_text = key_text[: MAX_KEY - 3] + "..."
     return WorkerRow(
         key=key_text,
         module=label(info.module),
@@ -530,15 +531,18 @@ def _row(info: WorkerInfo, label: Any) -> WorkerRow:
     )
 
 
+MINUTE, HOUR = 60, 3600  # seconds
+
+
 def _age(stamp: float) -> str:
     age = max(0.0, time.time() - stamp)
     if age < 1:
         return "just now"
-    if age < 120:
+    if age < 2 * MINUTE:
         return f"{age:.0f} s ago"
-    if age < 7200:
-        return f"{age / 60:.0f} min ago"
-    return f"{age / 3600:.0f} h ago"
+    if age < 2 * HOUR:
+        return f"{age / MINUTE:.0f} min ago"
+    return f"{age / HOUR:.0f} h ago"
 
 
 def _connection_file(path: str | None) -> str:
@@ -547,6 +551,9 @@ def _connection_file(path: str | None) -> str:
     if not path:
         return ""
     return os.path.basename(path) if os.path.dirname(path) == runtime_dir() else path
+
+
+MIB = 1 << 20
 
 
 def _memory(pid: int | None) -> str:
@@ -558,7 +565,7 @@ def _memory(pid: int | None) -> str:
         rss = psutil.Process(pid).memory_info().rss
     except Exception:  # gone, or not ours to look at
         return ""
-    return f"{rss / 2**20:.1f} MiB"
+    return f"{rss / MIB:.1f} MiB"
 
 
 def _show_exception(

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 from .errors import NoSuchFunction
 from .loader import module_file
 
+MAX_SIGNATURE = 10_000  # characters of a remote signature parsed; a longer one is shown as (*args, **kwargs)
+
 
 class Caller(Protocol):
     def invoke(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any: ...
@@ -173,7 +175,7 @@ def parse_signature(text: str) -> Any:
             inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
         ]
     )
-    if not text.startswith("(") or len(text) > 10_000:
+    if not text.startswith("(") or len(text) > MAX_SIGNATURE:
         return fallback
     try:
         tree = ast.parse(f"def f{text}: pass")
