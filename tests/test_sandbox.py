@@ -13,10 +13,12 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -27,23 +29,39 @@ from wb_magic import CallTimeout, Permissions, WorkerBroker, WorkerDied, WorkerS
 from wb_magic.launcher import SANDBOX_ENV
 from worker_kernel.permissions import SandboxConfig
 from worker_kernel.procstatus import is_confined, read_status
-from worker_kernel.sandbox import NR, landlock_abi
+from worker_kernel.sandbox.confiner import landlock_abi
+from worker_kernel.sandbox.plan import (
+    FS_READ_DIR,
+    FS_READ_FILE,
+    FS_WRITE_FILE,
+    WORKER_KERNEL,
+    Machine,
+    Plan,
+    SandboxError,
+    allows,
+)
+from worker_kernel.sandbox.seccomp import NR, seccomp_program
 
 WORKERS = Path(__file__).parent / "workers"
 UNTRUSTED = WORKERS / "untrusted"
 ATTACKS = str(UNTRUSTED / "attacks.py")
 HOST = os.getpid()
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or os.uname().machine != "x86_64" or landlock_abi() < 6,
-    reason="the escape suite needs Linux on x86_64 with Landlock ABI 6 or later",
+LINUX_X86_64 = sys.platform.startswith("linux") and os.uname().machine == "x86_64"
+# Only the tests that run real sandboxed workers need Landlock ABI 6+ (signal and abstract-socket scoping); the
+# fail-closed tests and the filter-alone tests need seccomp on Linux x86_64; the plan's tests need nothing.
+needs_landlock = pytest.mark.skipif(
+    not LINUX_X86_64 or landlock_abi() < 6, reason="a sandboxed worker here needs Linux on x86_64, Landlock ABI 6+"
 )
+needs_seccomp = pytest.mark.skipif(not LINUX_X86_64, reason="the seccomp filter is for Linux on x86_64")
 
 
 @pytest.fixture
 def sandbox():
     """``sandbox(permissions, **spec)``: a broker whose untrusted workers run with ``permissions`` (by default
-    reading only their own module), and the proxy of the attack module."""
+    reading only their own module), and the proxy of the attack module. Skips where Landlock ABI 6+ is missing."""
+    if not LINUX_X86_64 or landlock_abi() < 6:
+        pytest.skip("a sandboxed worker here needs Linux on x86_64 with Landlock ABI 6 or later")
     brokers = []
 
     def make(permissions: Permissions | None = None, target: str = ATTACKS, call_policy=None, **spec):
@@ -132,7 +150,9 @@ def test_a_sandboxed_worker_serves_calls_output_and_other_workers(sandbox, capsy
     broker, attacks = sandbox(call_policy=_allow_hello)
     assert attacks.hello("sandbox") == "Hello sandbox"
     assert attacks.socketpair_works() == b"pair"  # asyncio's self-pipe kind of socket still works
-    assert attacks.loaded("_ctypes") is False  # the confined image never loaded ctypes
+    for name in ("ctypes", "_ctypes", "worker_kernel.sandbox.confiner"):
+        assert attacks.loaded(name) is False, name  # the confined image never loaded ctypes, nor the confiner
+    assert attacks.loaded("worker_kernel.sandbox.confined") is True
     relay = broker.worker_proxy(UNTRUSTED / "relay.py")
     assert relay.greet("through the broker") == "Hello through the broker"  # worker to worker, from the sandbox
     assert "relaying through the broker" in capsys.readouterr().out
@@ -308,6 +328,7 @@ def test_the_sockets_a_worker_holds_do_not_reach_the_network(sandbox, listener):
     assert listener.count() == (0, 0)
 
 
+@needs_seccomp
 def test_the_seccomp_filter_alone_keeps_held_sockets_off_the_network(listener):
     """The filter as built where Landlock cannot filter TCP (ABI 3), in a child process that holds a listening
     socket and an accepted connection from before the filter, as a worker does: no connect(), no Fast Open."""
@@ -315,7 +336,8 @@ def test_the_seccomp_filter_alone_keeps_held_sockets_off_the_network(listener):
         f"""
         import ctypes, os, socket
         from wb_magic import Permissions
-        from worker_kernel.sandbox import install_seccomp, seccomp_program
+        from worker_kernel.sandbox.confiner import install_seccomp
+        from worker_kernel.sandbox.seccomp import seccomp_program
         target = ("127.0.0.1", {listener.port})
         servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(4)]
         client = socket.create_connection(servers[0].getsockname())
@@ -547,6 +569,7 @@ def _read_until_closed(fd: int, process: subprocess.Popen, timeout: float = 120)
     return data
 
 
+@needs_landlock
 @pytest.mark.parametrize("stdio", ["terminal", "pipe", "log file"])
 def test_the_hosts_terminal_pipe_and_log_are_out_of_reach(stdio, tmp_path):
     """The host runs with a terminal (a pty of our own: CI has none), a pipe or a log file as its stdio. Its
@@ -707,6 +730,7 @@ def _old_kernel(missing: str, permissions: Permissions | None = None, **spec) ->
     return WorkerSpec(argv=argv, permissions=permissions or Permissions(read=[ATTACKS]), **spec)
 
 
+@needs_seccomp
 @pytest.mark.parametrize(
     ("missing", "reason"),
     [
@@ -721,6 +745,7 @@ def test_a_worker_refuses_to_start_where_its_sandbox_cannot_be_enforced(missing,
     assert "wb-magic worker refused to start" in capfd.readouterr().err
 
 
+@needs_seccomp
 def test_best_effort_runs_with_a_loud_warning(capfd):
     spec = _old_kernel("landlock", Permissions(read=[ATTACKS], ffi=True), enforce="best-effort")
     with WorkerBroker(worker_constructor=lambda module, s: spec, call_timeout=60) as broker:
@@ -732,6 +757,7 @@ def test_best_effort_runs_with_a_loud_warning(capfd):
     assert re.search(r"WARNING: .*best-effort: NOT ENFORCED: .*Landlock is not available", err)
 
 
+@needs_landlock
 def test_a_sandboxed_worker_ends_with_its_host(host_that_ends):
     script = textwrap.dedent(
         f"""
@@ -789,13 +815,15 @@ def test_permissions_are_plain_data():
         launch(WorkerSpec(kernel_name="python3", permissions=Permissions()))
 
 
+@needs_seccomp
 def test_the_seccomp_filter_alone_where_landlock_cannot_scope_signals():
     """The filter as built for Landlock ABI 5 (no signal scoping), installed in a child process on its own."""
     code = textwrap.dedent(
         f"""
         import os, signal, socket, threading
         from wb_magic import Permissions
-        from worker_kernel.sandbox import install_seccomp, seccomp_program
+        from worker_kernel.sandbox.confiner import install_seccomp
+        from worker_kernel.sandbox.seccomp import seccomp_program
         install_seccomp(seccomp_program(Permissions(), 5, os.getpid()))
         outcome = []
         for attempt in (lambda: os.kill({HOST}, 0), lambda: os.kill(0, 0), lambda: os.kill(-1, 0), os.fork,
@@ -827,3 +855,134 @@ def test_the_seccomp_filter_uses_this_kernels_system_call_numbers():
     for name, number in NR.items():
         if name in known:
             assert int(known[name]) == number, name
+
+
+# -- the plan and the filter, pure: no privilege, no Landlock needed ---------------------------------------------
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the plan is for Linux")
+MACHINE = Machine(landlock_abi=7, seccomp_problem=None, can_remount=False)
+
+
+def test_the_confined_side_never_imports_ctypes_or_the_confiner():
+    code = (
+        "import sys, worker_kernel.__main__, worker_kernel.kernel, worker_kernel.sandbox.confined;"
+        "print(sorted({'ctypes', '_ctypes', 'worker_kernel.sandbox.confiner'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@linux
+def test_the_plan_grants_a_module_its_own_file_not_its_folder(tmp_path):
+    tmp_path = Path(os.path.realpath(tmp_path))
+    folder = tmp_path / "tenants"
+    folder.mkdir()
+    (folder / "mine.py").write_text("x = 1\n")
+    (folder / "theirs.py").write_text("SECRET = 1\n")
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "data.txt").write_text("its own")
+    config = SandboxConfig(permissions=Permissions(), module=str(folder / "mine.py"))
+    rules = Plan(config, {}, MACHINE).rules
+    assert allows(rules, str(folder / "mine.py"), FS_READ_FILE)
+    assert not allows(rules, str(folder / "theirs.py"), FS_READ_FILE)
+    assert not allows(rules, str(folder), FS_READ_DIR)
+    repo = os.path.realpath(Path(__file__).parent.parent)
+    assert not allows(rules, repo, FS_READ_DIR)  # a development install's project folder is not listable either
+    assert allows(rules, os.path.join(WORKER_KERNEL, "kernel.py"), FS_READ_FILE)  # the worker's own code is
+    package_rules = Plan(replace(config, module=str(package / "__init__.py")), {}, MACHINE).rules
+    assert allows(package_rules, str(package / "data.txt"), FS_READ_FILE)
+
+
+@linux
+def test_the_plan_keeps_the_runtime_folder_out_of_every_grant(tmp_path):
+    tmp_path = Path(os.path.realpath(tmp_path))
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    (runtime / "kernel-1.json").write_text("{}")
+    (tmp_path / "data.txt").write_text("shared")
+    config = SandboxConfig(permissions=Permissions(read=[tmp_path], write=[tmp_path]), protected=(str(runtime),))
+    rules = Plan(config, {}, Machine(7, None, can_remount=True)).rules
+    assert allows(rules, str(tmp_path / "data.txt"), FS_READ_FILE | FS_WRITE_FILE)
+    for right in (FS_READ_FILE, FS_WRITE_FILE, FS_READ_DIR):
+        assert not allows(rules, str(runtime / "kernel-1.json"), right)
+    assert not allows(rules, str(tmp_path), FS_READ_DIR)  # listing it would reach into the runtime folder
+
+
+@linux
+def test_the_plan_refuses_what_this_machine_cannot_enforce():
+    config = SandboxConfig(permissions=Permissions(net=[443]))
+    with pytest.raises(SandboxError, match=r"cannot enforce read, write, ffi, sys, .*Landlock is not available"):
+        Plan(config, {}, Machine(0, None, False))
+    with pytest.raises(SandboxError, match=r"cannot enforce net, run, ffi, sys, write, .*no seccomp here"):
+        Plan(config, {}, Machine(7, "no seccomp here", False))
+    with pytest.raises(SandboxError, match=r"net .*cannot filter TCP ports \(needs 4\)"):
+        Plan(config, {}, Machine(3, None, False))
+    with pytest.raises(SandboxError, match="must speak TCP"):
+        Plan(config, {"transport": "ipc"}, MACHINE)
+    lenient = Plan(replace(config, enforce="best-effort"), {}, Machine(3, None, False))
+    assert lenient.unenforced == ["net (Landlock ABI 3 cannot filter TCP ports (needs 4))"]
+
+
+ALLOW, KILL = 0x7FFF0000, 0x80000000
+DENIED = 0x00050000 | errno.EPERM
+
+
+def _run_filter(program: bytes, syscall: str | int, args: tuple = (), arch: int = 0xC000003E) -> int:
+    """What the kernel would answer to one system call: the classic BPF program run over its seccomp_data
+    (nr, arch, instruction pointer, six arguments), by an interpreter of the instructions the filter uses."""
+    nr = NR[syscall] if isinstance(syscall, str) else syscall
+    data = struct.pack("=iIQ6Q", nr, arch, 0, *args, *[0] * (6 - len(args)))
+    instructions = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
+    accumulator, pc = 0, 0
+    while True:
+        code, jt, jf, k = instructions[pc]
+        pc += 1
+        if code == 0x20:  # load a word of seccomp_data
+            accumulator = struct.unpack_from("=I", data, k)[0]
+        elif code == 0x54:  # and
+            accumulator &= k
+        elif code == 0x15:  # jump if equal
+            pc += jt if accumulator == k else jf
+        elif code == 0x35:  # jump if greater or equal
+            pc += jt if accumulator >= k else jf
+        elif code == 0x05:  # jump
+            pc += k
+        elif code == 0x06:  # return
+            return k
+        else:
+            raise AssertionError(f"an instruction the interpreter does not know: {code:#x}")
+
+
+def test_the_filter_denies_fast_open_and_connect_without_net():
+    fastopen = 0x20000000
+    for permissions, connect, fast_open, tcp_socket in [
+        (Permissions(), DENIED, DENIED, DENIED),
+        (Permissions(net=[443]), ALLOW, DENIED, ALLOW),  # connect: Landlock filters its port
+        (Permissions(net=True), ALLOW, ALLOW, ALLOW),
+    ]:
+        program = seccomp_program(permissions, 7, 1234)
+        assert _run_filter(program, "connect", (3, 0, 16)) == connect, permissions
+        assert _run_filter(program, "socket", (socket.AF_INET, socket.SOCK_STREAM)) == tcp_socket
+        for name, flags_arg in (("sendto", 3), ("sendmsg", 2), ("sendmmsg", 3)):
+            args = [3, 0, 0, 0, 0, 0]
+            args[flags_arg] = fastopen | socket.MSG_DONTWAIT
+            assert _run_filter(program, name, tuple(args)) == fast_open, (permissions, name)
+            args[flags_arg] = socket.MSG_DONTWAIT
+            assert _run_filter(program, name, tuple(args)) == ALLOW  # ZeroMQ's own sends
+        assert _run_filter(program, "listen") == (ALLOW if permissions.net is True else DENIED)
+        assert _run_filter(program, "read") == ALLOW
+        assert _run_filter(program, 0x40000000 | NR["read"]) == KILL  # the x32 ABI
+        assert _run_filter(program, NR["read"], arch=0x40000003) == KILL  # i386
+
+
+def test_the_filter_lets_only_the_confiners_execve_through():
+    program = seccomp_program(Permissions(), 7, 1234, exec_path=0x7F00_1234_5678)
+    assert _run_filter(program, "execve", (0x7F00_1234_5678,)) == ALLOW
+    assert _run_filter(program, "execve", (0x7F00_1234_5679,)) == DENIED
+    assert _run_filter(program, "execve", (0x7F01_1234_5678,)) == DENIED  # the high half counts too
+    assert _run_filter(program, "fork") == DENIED
+    assert _run_filter(program, "clone", (0x00010000 | 0x100 | 0x200,)) == ALLOW  # a thread
+    assert _run_filter(program, "clone", (17,)) == DENIED  # a process (SIGCHLD)
+    assert _run_filter(seccomp_program(Permissions(run=True), 7, 1234), "fork") == ALLOW

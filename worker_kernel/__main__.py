@@ -38,13 +38,13 @@ def main(argv: list[str] | None = None) -> None:
 
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s worker %(process)d %(name)s: %(message)s")
     if options.sandbox is not None:  # re-executes confined, or exits with the reason it cannot
-        from .sandbox import confine_and_exec, confined_command
+        from .sandbox.confiner import confine_and_exec, confined_command
 
         command = confined_command(options.connection_file, options.hooks) + _transport_args(options)
         confine_and_exec(options.sandbox, options.connection_file, command)
     confinement = None
     if options.confined is not None:
-        from .sandbox import Confinement
+        from .sandbox.confined import Confinement
 
         confinement = Confinement(options.confined)
         confinement.install()  # before anything of the worker's is imported

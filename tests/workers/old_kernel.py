@@ -6,7 +6,7 @@ import runpy
 import struct
 import sys
 
-from worker_kernel.sandbox import install_seccomp
+from worker_kernel.sandbox.confiner import install_seccomp
 
 CALLS = {"landlock": (444, 445, 446), "seccomp": (317,)}
 ENOSYS = 0x00050000 | 38
