@@ -253,6 +253,25 @@ def test_a_package_reads_its_own_folder_and_hooks_their_own_file(sandbox, tmp_pa
     assert attacks.read_file(str(hooks)).startswith('"""Entry hooks')
 
 
+def test_a_module_replaced_by_a_new_file_needs_a_new_worker(sandbox, tmp_path):
+    """The grant is of the module's file as it was at launch (Landlock holds the file, not its name)."""
+    module = tmp_path / "untrusted" / "edited.py"
+    module.parent.mkdir()
+    module.write_text("def version():\n    return 1\n")
+    broker, edited = sandbox(Permissions(), target=str(module))
+    assert edited.version() == 1
+    module.write_text("def version():\n    return 2\n")  # rewritten in place: the same file
+    broker.worker_import(module, cache_buster=1)
+    assert edited.version() == 2
+    replacement = tmp_path / "untrusted" / "edited.py.new"
+    replacement.write_text("def version():\n    return 3\n")
+    os.replace(replacement, module)  # saved by renaming: a new file
+    with pytest.raises(PermissionError):
+        broker.worker_import(module, cache_buster=2)
+    assert broker.remove_worker(module)
+    assert edited.version() == 3
+
+
 def test_libc_open_and_chmod_are_denied_by_the_kernel(sandbox, files):
     secret, readable, writable = files
     _, attacks = sandbox(Permissions(read=[ATTACKS, readable], write=[writable], ffi=True))
@@ -743,6 +762,16 @@ def test_a_worker_refuses_to_start_where_its_sandbox_cannot_be_enforced(missing,
         with pytest.raises(WorkerDied, match="refused to start: the worker's sandbox: " + reason):
             broker.worker_proxy(ATTACKS).hello("x")
     assert "wb-magic worker refused to start" in capfd.readouterr().err
+
+
+def test_a_command_that_ignores_its_sandbox_is_ended_before_any_call(sandbox):
+    """A custom argv that drops --sandbox would run the worker with the host's rights: the broker checks, at the
+    worker's first reply, that the process runs with no-new-privileges and a seccomp filter, and ends it."""
+    argv = (sys.executable, str(WORKERS / "ignores_sandbox.py"), "-f", "{connection_file}")
+    broker, attacks = sandbox(argv=argv)
+    with pytest.raises(WorkerDied, match=r"not confined as its permissions require \(fail closed\)"):
+        attacks.read_file("/etc/hostname")
+    assert broker.workers == []
 
 
 @needs_seccomp
