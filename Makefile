@@ -1,11 +1,15 @@
 # wb-magic: `make demo` serves the example web app (examples/app), `make tour` runs the tour,
-# `make test` sets up .venv from scratch and runs every check.
+# `make test` sets up .venv from scratch and runs every check, on every Python the project declares.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# requires-python = ">=3.10": besides $(PYTHON) (3.11 here), the suite runs on the oldest and the newest CPython,
+# found as pyenv names them (PYENV_VERSION=3.10.13 python3.10); each gets a venv of its own, .venv-<version>.
+# `make test OTHER_PYTHONS=` runs the default Python only.
+OTHER_PYTHONS ?= 3.10.13 3.13.0
 
-.PHONY: demo demo-otel tour test lint bench clean
+.PHONY: demo demo-otel tour test test-default lint bench clean $(addprefix test-,$(OTHER_PYTHONS))
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,11 +40,28 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check wb_magic worker_kernel tests examples benchmarks
 	$(BIN)/mypy
 
+NBVAL := --nbval --nbval-current-env notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+
+test: lint test-default $(addprefix test-,$(OTHER_PYTHONS))
+
 # tests/test_remote.py builds a second host with Debian's openssh-server: installed here when missing (as root)
-test: lint
+test-default: $(STAMP)
 	sh tests/install_sshd.sh
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
-	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest --nbval --nbval-current-env notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest $(NBVAL)
+
+# the suite and the notebooks on another Python, in a venv of its own (a missing interpreter is an error)
+.PRECIOUS: .venv-%/.installed
+.venv-%/.installed: pyproject.toml
+	rm -rf .venv-$*
+	PYENV_VERSION=$* python$(basename $*) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-$*/bin/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(addprefix test-,$(OTHER_PYTHONS)): test-%: .venv-%/.installed
+	env -u PYTHONDONTWRITEBYTECODE .venv-$*/bin/python -m pytest -p no:cacheprovider
+	env -u PYTHONDONTWRITEBYTECODE .venv-$*/bin/python -m pytest $(NBVAL)
 
 # the benchmark suite beside its peers (the bench extra); writes docs/benchmarks.{md,json,png}
 # (with bytecode caching on, as users have it: a worker compiling its modules at every start is not what we measure)
@@ -50,4 +71,4 @@ bench: $(STAMP)
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m benchmarks.run --out docs
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(addprefix .venv-,$(OTHER_PYTHONS)) .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,8 @@ import io
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -214,6 +216,20 @@ def test_builtin_exceptions_arrive_as_themselves(values):
         values.raise_builtin("KeyError", "k")
     with pytest.raises(PermissionError, match="denied"):
         values.raise_builtin("PermissionError", "denied")
+
+
+def test_an_uncaught_remote_error_in_a_plain_script_shows_the_remote_traceback(workers_dir, tmp_path):
+    """Python prints the worker's traceback below the local one: as a note, or on 3.10 as the chained cause."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from wb_magic import WorkerBroker\n"
+        "with WorkerBroker(warm_workers=0) as broker:\n"
+        f"    broker.worker_proxy({str(workers_dir / 'values.py')!r}).raise_builtin('ValueError', 'bad value')\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert 'values.py", line 22, in raise_builtin' in done.stderr, done.stderr
+    assert "ValueError: bad value" in done.stderr
 
 
 def test_other_exceptions_arrive_as_remote_error(values):

@@ -18,6 +18,7 @@ import IPython
 
 import worker_kernel
 from worker_kernel.codec import REMOTE_TRACEBACK_NOTE
+from worker_kernel.errors import RemoteTraceback
 
 from . import debug
 from .errors import WorkerBrokerError
@@ -113,15 +114,18 @@ def _structured_traceback(
     local = tb if debug.enabled() else _trim(tb)
     notes = getattr(value, "__notes__", None)
     remote = getattr(value, "remote_traceback", None)
+    cause = value.__cause__
+    if isinstance(cause, RemoteTraceback):  # Python 3.10's stand-in for the note: shown below in its own block
+        BaseException.__setattr__(value, "__cause__", None)
     if isinstance(notes, list) and isinstance(remote, str) and remote:
         kept = [n for n in notes if not (isinstance(n, str) and n.startswith(REMOTE_TRACEBACK_NOTE))]
         value.__notes__ = kept  # shown below in its own block, not as a note
-        try:
-            stb = shell.InteractiveTB.structured_traceback(etype, value, local, tb_offset=tb_offset)
-        finally:
-            value.__notes__ = notes
-    else:
+    try:
         stb = shell.InteractiveTB.structured_traceback(etype, value, local, tb_offset=tb_offset)
+    finally:
+        if isinstance(notes, list):
+            value.__notes__ = notes
+        BaseException.__setattr__(value, "__cause__", cause)
     if isinstance(remote, str) and remote.strip():
         name = getattr(value, "type_name", None) or etype.__name__
         stb = list(stb) + _remote_traceback(remote, str(name), _theme(shell), cells)

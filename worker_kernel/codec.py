@@ -18,7 +18,15 @@ from collections.abc import Callable
 from math import isfinite as _isfinite
 from typing import Any, NamedTuple
 
-from .errors import CallTimeout, NoSuchFunction, RemoteError, WorkerBrokerError, WorkerDied, WorkerStartError
+from .errors import (
+    CallTimeout,
+    NoSuchFunction,
+    RemoteError,
+    RemoteTraceback,
+    WorkerBrokerError,
+    WorkerDied,
+    WorkerStartError,
+)
 
 TAG = "$w"
 _PLAIN = (str, int, float, bool, type(None))
@@ -333,7 +341,9 @@ def exception_from_wire(content: dict[str, Any], buffers: list[Any]) -> BaseExce
             isinstance(rebuilt, Exception)  # never SystemExit, KeyboardInterrupt and their kind
             and not isinstance(rebuilt, (StopIteration, StopAsyncIteration))
             and rebuilt.__traceback__ is None  # a fresh object, not one a decoder hands out twice
+            and rebuilt.__cause__ is None
             and not getattr(rebuilt, "__notes__", None)
+            and not hasattr(rebuilt, "remote_traceback")
         ):
             exc = rebuilt
     cls = getattr(builtins, name, None) if exc is None and module == "builtins" and name not in _NOT_REBUILT else None
@@ -355,11 +365,23 @@ def exception_from_wire(content: dict[str, Any], buffers: list[Any]) -> BaseExce
         exc = RemoteError(qual, message, remote_tb, tuple(args) if isinstance(args, list) else ())
     try:  # a registered type may refuse new attributes (a frozen dataclass, __slots__)
         exc.remote_traceback = remote_tb  # type: ignore[attr-defined]
-        if remote_tb:
-            exc.add_note(f"{REMOTE_TRACEBACK_NOTE}\n{remote_tb.rstrip()}")
     except Exception:
         pass
+    if remote_tb:
+        _attach_remote_traceback(exc, remote_tb)
     return exc
+
+
+def _attach_remote_traceback(exc: BaseException, text: str) -> None:
+    """Show the worker's traceback wherever ``exc`` is printed: as a note, or on Python 3.10 (no notes) as the
+    chained cause, as `concurrent.futures` shows a process's traceback."""
+    if sys.version_info >= (3, 11):
+        try:
+            exc.add_note(f"{REMOTE_TRACEBACK_NOTE}\n{text.rstrip()}")
+        except Exception:  # a registered type's own __setattr__ may refuse it
+            pass
+    else:
+        BaseException.__setattr__(exc, "__cause__", RemoteTraceback(text))  # past a frozen type's __setattr__
 
 
 # -- the built-in marshallers -------------------------------------------------------------------------------

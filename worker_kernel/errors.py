@@ -12,8 +12,10 @@ or find its target dead); `wb_magic.errors` re-exports them for the host::
 
 An exception of a built-in type raised inside a worker (``ValueError``, ``KeyError``, ...), or of a type
 registered with ``register_marshaller`` on both sides, is raised in the caller as that same type, with the
-remote traceback in ``remote_traceback`` and in its notes. A denial by the sandbox arrives as `PermissionError`;
-a module that cannot be found as `ModuleNotFoundError`; a value the codec cannot carry as `TypeError`.
+remote traceback in ``remote_traceback`` and in its notes (on Python 3.10, which has no notes, as its
+``__cause__``, a `RemoteTraceback`, as `concurrent.futures` does). A denial by the sandbox arrives as
+`PermissionError`; a module that cannot be found as `ModuleNotFoundError`; a value the codec cannot carry as
+`TypeError`.
 """
 
 from __future__ import annotations
@@ -52,3 +54,15 @@ class WorkerStartError(WorkerBrokerError):
 
 class CallTimeout(WorkerBrokerError, TimeoutError):
     """The call did not finish within its timeout. The worker's call is interrupted."""
+
+
+class RemoteTraceback(Exception):
+    """The worker's traceback, chained as the ``__cause__`` of a rebuilt exception where Python has no
+    ``add_note`` (3.10), so that an uncaught remote error still shows where it was raised."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text.rstrip()}\n"""'
