@@ -77,6 +77,7 @@ class ProvisionedKernel:
     def __init__(self, kernel_name: str, **manager_options: Any) -> None:
         self.manager = AsyncKernelManager(kernel_name=kernel_name, **manager_options)
         self.connection_file = ""
+        self.ended = False  # shut down and released: nothing more to ask of the provisioner
 
     def start(self, **kwargs: Any) -> None:
         spec = self.manager.kernel_spec
@@ -131,7 +132,7 @@ class ProvisionedKernel:
         gets EXIT_GRACE to exit before the provisioner kills it (its own kill polls every half second). Waits
         SHUTDOWN_TIMEOUT at most: over a cut link the provisioner cannot reach the host, and the worker ends
         itself once the broker's heartbeats stop."""
-        if self.manager.provisioner is None:
+        if self.manager.provisioner is None or self.ended:
             return
         ending = asyncio.run_coroutine_threadsafe(self._end(EXIT_GRACE if self.remote else 0.0, now), engine().loop)
         try:
@@ -145,13 +146,14 @@ class ProvisionedKernel:
         """Release what the kernel held. The broker calls this on a worker it has given up on (on the pump's
         thread, which must not wait on another host): a remote kernel is ended through its provisioner (it may
         be hung, not dead), in the background; a local one is released at once."""
-        if self.manager.provisioner is None:
+        if self.manager.provisioner is None or self.ended:
             return
         if self.remote:
             ending = asyncio.run_coroutine_threadsafe(self._end(EXIT_GRACE, True, kill=True), engine().loop)
             ending.add_done_callback(self._ended)
         else:
             engine().run(self.manager.cleanup_resources(), CONTROL_TIMEOUT)
+            self.ended = True
 
     def _ended(self, ending: concurrent.futures.Future) -> None:
         if not ending.cancelled() and ending.exception() is not None:
@@ -161,13 +163,13 @@ class ProvisionedKernel:
         """Wait up to ``grace`` for the kernel to exit (after SIGKILL with ``kill``: the broker gave up on it),
         then have the manager shut it down and release it."""
         provisioner = self.manager.provisioner
-        if provisioner is None:
-            return  # already ended
+        if provisioner is None or self.ended:
+            return
         if kill:
             await provisioner.send_signal(signal.SIGKILL)
         for _ in range(int(grace / EXIT_POLL)):
             if await provisioner.poll() is not None:
                 break
             await asyncio.sleep(EXIT_POLL)
-        if self.manager.provisioner is not None:
-            await self.manager.shutdown_kernel(now=now)
+        await self.manager.shutdown_kernel(now=now)
+        self.ended = True
