@@ -60,6 +60,7 @@ test-default: $(STAMP)
 	touch $@
 
 $(addprefix test-,$(OTHER_PYTHONS)): test-%: .venv-%/.installed
+	sh tests/install_sshd.sh
 	env -u PYTHONDONTWRITEBYTECODE .venv-$*/bin/python -m pytest -p no:cacheprovider
 	env -u PYTHONDONTWRITEBYTECODE .venv-$*/bin/python -m pytest $(NBVAL)
 
