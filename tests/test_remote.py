@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -386,3 +387,27 @@ def test_the_provisioner_contract_reaches_a_remote_worker(remote_env, modules):
         kernel.terminate()
         assert wait_gone({pid, *launcher}) == set()
         assert kernel.poll() == 0  # the launcher's port is closed: gone
+
+
+def test_wb_module_cells_run_on_a_remote_worker_and_a_rerun_cell_reloads_there(remote_env, tmp_path, monkeypatch):
+    from IPython.testing import globalipapp
+
+    import wb_magic
+
+    host = remote_env
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the cells' folder: one the test host cannot see
+    globalipapp.start_ipython()
+    shell = globalipapp.get_ipython()
+    shell.run_line_magic("load_ext", "wb_magic")
+    try:
+        wb_magic.get_broker().worker_constructor = lambda module, sid: REMOTE
+        cell = "%%wb_module cell\nimport os\n\ndef where():\n    return os.getpid(), os.path.exists(__file__)\n"
+        for source in (cell, "%wb_proxy cell"):
+            assert shell.run_cell(source).success
+        pid, file_there = shell.run_cell("cell.where()").result
+        assert pid in host.pids() and not file_there
+        assert shell.run_cell(cell.replace("os.getpid()", "-os.getpid()")).success  # run again: a reload
+        assert shell.run_cell("cell.where()").result == (-pid, False)
+    finally:
+        shell.run_line_magic("unload_ext", "wb_magic")
+    assert wait_gone({pid}) == set()
