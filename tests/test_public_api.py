@@ -28,6 +28,7 @@ def test_wb_magic_exports():
         "WorkerInfo",
         "WorkerSpec",
         "WorkerStartError",
+        "enable_debugging",
         "get_broker",
         "register_marshaller",
     ]
@@ -37,7 +38,7 @@ def test_wb_magic_exports():
 def test_worker_kernel_exports():
     assert sorted(worker_kernel.__all__) == worker_kernel.__all__
     assert all(getattr(worker_kernel, name) is not None for name in worker_kernel.__all__)
-    assert {"broker_proxy", "current_call"} <= set(worker_kernel.__all__)
+    assert {"broker_proxy", "current_call", "enable_debugging"} <= set(worker_kernel.__all__)
 
 
 def test_errors_keep_their_builtin_meaning():

@@ -12,6 +12,7 @@ from worker_kernel.permissions import Permissions
 
 from .broker import WorkerBroker
 from .cleaner import WorkerCleaner, WorkerEvent
+from .debug import enable_debugging
 from .errors import CallTimeout, NoSuchFunction, RemoteError, WorkerBrokerError, WorkerDied, WorkerStartError
 from .launcher import WorkerSpec
 from .worker import WorkerInfo
@@ -52,6 +53,7 @@ __all__ = [
     "WorkerInfo",
     "WorkerSpec",
     "WorkerStartError",
+    "enable_debugging",
     "get_broker",
     "register_marshaller",
 ]

@@ -24,10 +24,11 @@ import zmq
 
 from worker_kernel.codec import DecodeError, decode_value, encode_value, exception_from_wire, exception_to_wire
 from worker_kernel.loader import is_file_spec, located_file, module_name_for, resolve_module
-from worker_kernel.proxy import ModuleProxy, make_function
+from worker_kernel.proxy import FunctionProxy, ModuleProxy, make_function
 from worker_kernel.wire import (
     WB_BROKER,
     WB_CALL,
+    WB_DEBUG,
     WB_IMPORT,
     WB_INSPECT,
     Message,
@@ -41,7 +42,7 @@ from worker_kernel.wire import (
 from . import tracing
 from .cleaner import EventType, WorkerCleaner, WorkerEvent
 from .connection import MAX_MESSAGE_BYTES, WorkerConnection, now, pidfd
-from .errors import CallTimeout, NoSuchFunction, WorkerBrokerError, WorkerDied, WorkerStartError
+from .errors import CallTimeout, WorkerBrokerError, WorkerDied, WorkerStartError
 from .launcher import WorkerSpec, launch, process_id
 from .policy import CallPolicy, default_rule, scrub_error
 from .pump import Pump
@@ -144,15 +145,11 @@ class WorkerBroker:
     def worker_fn_proxy(
         self, target: Target, name: str, *, asynchronous: bool = False, timeout: float | None = None
     ) -> Callable[..., Any]:
-        """A proxy of one function of the target module."""
+        """A proxy of one function of the target module; its worker starts at the first call."""
         resolved = self._resolve(target)
-        info = None
-        if not asynchronous:
-            functions = self.describe(resolved)[1]["functions"]
-            if name not in functions:
-                raise NoSuchFunction(f"module {self.module_name(resolved)!r} (in its worker) has no function {name!r}")
-            info = functions[name]
-        return make_function(self, resolved, name, asynchronous=asynchronous, timeout=timeout, info=info)
+        if asynchronous:
+            return make_function(self, resolved, name, asynchronous=True, timeout=timeout)
+        return FunctionProxy(self, resolved, name, timeout)
 
     def worker_import(self, target: Target, cache_buster: Any = None, *, timeout: float | None = None) -> None:
         """Import the target's module in its worker without calling anything.
@@ -174,6 +171,14 @@ class WorkerBroker:
             self._busters[module] = str(cache_buster)
         content = {"module": module, "cache_buster": self._busters.get(module)}
         self._outcome(await self._around_trip(module, segregation_id, WB_IMPORT, content, [], "<import>", timeout))
+
+    def enable_worker_debugging(self, target: Target, enable: bool = True, *, timeout: float | None = None) -> None:
+        """Turn the debug log of the target's worker on or off (starting the worker if there is none): it logs
+        the calls it receives and the modules it loads to its stderr, which the host shows as the worker's
+        output. See `worker_kernel.debugging`."""
+        module, segregation_id = self._resolve(target)
+        content = {"enable": bool(enable)}
+        self._outcome(self._round_trip(module, segregation_id, WB_DEBUG, content, [], "<debug>", timeout))
 
     def remove_worker(self, target: Target) -> bool:
         """Shut down the worker of ``target``; its pending calls fail with `WorkerDied`. False if none ran."""

@@ -1,7 +1,8 @@
-"""Debug logging, as the seed's debug module: ``wb_magic.debug.enable()`` / ``disable()``.
+"""Debug logging, as the seed's debug module: ``enable_debugging(True | False | fn)``, or ``enable()`` / ``disable()``.
 
 Everything goes through the standard `logging` module, under the ``wb_magic`` logger (the host) and the
-``worker_kernel`` logger (workers started after `enable` log to the host's stderr too).
+``worker_kernel`` logger (workers started after `enable` log to the host's stderr too; a running worker's switch
+is ``broker.enable_worker_debugging(target)``).
 """
 
 from __future__ import annotations
@@ -9,19 +10,35 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 _handler: logging.Handler | None = None
 
 
+def enable_debugging(enable: bool | Callable[[str], Any] = True) -> None:
+    """The seed's ``enableDebugging``: ``True`` logs what the broker does to stderr, a function gets each log
+    line instead (``enable_debugging(print)``), ``False`` stops. Workers started while it is on log too."""
+    if enable is False or enable is None:
+        disable()
+    else:
+        enable_to(enable if callable(enable) else None)
+
+
 def enable(level: int = logging.DEBUG) -> None:
     """Log what the broker does to stderr, and have workers started from now on do the same."""
+    enable_to(None, level)
+
+
+def enable_to(fn: Callable[[str], Any] | None, level: int = logging.DEBUG) -> None:
+    """Log what the broker does to ``fn`` (each line's text), or to stderr if it is None."""
     global _handler
     logger = logging.getLogger("wb_magic")
-    if _handler is None:
-        _handler = _CurrentStderr()
-        _handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-        logger.addHandler(_handler)
+    if _handler is not None:
+        logger.removeHandler(_handler)
+    _handler = _CurrentStderr() if fn is None else _ToFunction(fn)
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logger.addHandler(_handler)
     logger.setLevel(level)
     os.environ["WB_DEBUG"] = "1"
 
@@ -50,3 +67,17 @@ class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
     @stream.setter
     def stream(self, value: Any) -> None:
         pass
+
+
+class _ToFunction(logging.Handler):
+    """Hands each record's text to a function, as the seed's ``enableDebugging(fn)`` does."""
+
+    def __init__(self, fn: Callable[[str], Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.fn(self.format(record))
+        except Exception:
+            self.handleError(record)

@@ -1,7 +1,7 @@
 """The worker side of wb-magic: a lightweight Jupyter kernel that runs one untrusted module's functions.
 
 Imported by every worker at start-up, so it imports only pyzmq and the standard library, and little of that.
-Code inside a worker uses `broker_proxy` and `current_call`.
+Code inside a worker uses `broker_proxy`, `current_call` and `enable_debugging`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ from typing import Any
 
 from .errors import CallTimeout, RemoteError, WorkerBrokerError, WorkerDied
 
-__all__ = ["CallTimeout", "RemoteError", "WorkerBrokerError", "WorkerDied", "broker_proxy", "current_call"]
+__all__ = [
+    "CallTimeout",
+    "RemoteError",
+    "WorkerBrokerError",
+    "WorkerDied",
+    "broker_proxy",
+    "current_call",
+    "enable_debugging",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +29,8 @@ def __getattr__(name: str) -> Any:
         from . import worker
 
         return getattr(worker, name)
+    if name == "enable_debugging":
+        from .debugging import enable_debugging
+
+        return enable_debugging
     raise AttributeError(f"module 'worker_kernel' has no attribute {name!r}")

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     options = parser.parse_args(argv)
     if os.environ.get("WB_DEBUG"):
-        import logging
+        from .debugging import enable_debugging
 
-        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s worker %(process)d %(name)s: %(message)s")
+        enable_debugging(True)
     if options.sandbox is not None:  # re-executes confined, or exits with the reason it cannot
         from .sandbox.confiner import confine_and_exec, confined_command
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from . import __version__
+from . import __version__, debugging
 from .codec import Unencodable, decode_value, encode_value, exception_from_wire, exception_to_wire
 from .errors import CallTimeout
 from .iopub import IOPub, OutputStream, Request, current_request, flush_output
@@ -109,6 +109,7 @@ class WorkerKernel:
             "wb_call_request": self._wb_call,
             "wb_import_request": self._wb_import,
             "wb_inspect_request": self._wb_inspect,
+            "wb_debug_request": self._wb_debug,
         }
         self.control_handlers: dict[str, Handler] = {
             "kernel_info_request": self._kernel_info,
@@ -374,6 +375,8 @@ class WorkerKernel:
         except BaseException as exc:
             self._error_reply(self.shell, msg, exc, request)
             return
+        if debugging.on:
+            log.debug("call %s() of %s from %s", context.function, context.module, context.source_module or "the host")
         if is_async:
             task = self._event_loop().create_task(self._run_async(msg, request, context, fn, args, kwargs))
             self._tasks[msg.msg_id] = task
@@ -475,6 +478,15 @@ class WorkerKernel:
         if request.trace is not None:
             content["spans"] = request.trace.finish()
         self._reply(self.shell, msg, content)
+
+    def _wb_debug(self, msg: Message) -> None:
+        """The host turns this worker's debug switch on or off (`debugging`)."""
+        try:
+            debugging.enable_debugging(bool(msg.content.get("enable", True)))
+        except BaseException as exc:
+            self._error_reply(self.shell, msg, exc, None)
+            return
+        self._reply(self.shell, msg, {"status": "ok", "value": None})
 
     def _wb_inspect(self, msg: Message) -> None:
         c = msg.content

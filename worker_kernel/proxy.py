@@ -97,6 +97,55 @@ def _def_line(file: str, name: str) -> int:
     return 1
 
 
+class FunctionProxy:
+    """A synchronous proxy of one remote function, whose worker starts at the first call.
+
+    What the function looks like (signature, docstring, the file it is defined in) is asked of the worker only
+    when a tool looks (``inspect.signature``, ``help``, IPython's ``fn?``); an unknown name fails at the first
+    call with `NoSuchFunction`, or when a tool looks.
+    """
+
+    def __init__(self, caller: Caller, target: Any, name: str, timeout: float | None = None) -> None:
+        self._wb_caller = caller
+        self._wb_target = target
+        self._wb_timeout = timeout
+        self.__name__ = self.__qualname__ = name
+        self.__module__ = caller.module_name(target)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wb_caller.invoke(self._wb_target, self.__name__, args, kwargs, self._wb_timeout)
+
+    def with_timeout(self, seconds: float | None) -> FunctionProxy:
+        return FunctionProxy(self._wb_caller, self._wb_target, self.__name__, seconds)
+
+    def _wb_info(self) -> dict[str, Any]:
+        found = self._wb_caller.describe(self._wb_target)
+        functions = found[1].get("functions", {}) if found is not None else {}
+        info = functions.get(self.__name__) if isinstance(functions, dict) else None
+        if not isinstance(info, dict):
+            raise NoSuchFunction(f"module {self.__module__!r} (in its worker) has no function {self.__name__!r}")
+        return info
+
+    @property
+    def __signature__(self) -> Any:
+        return parse_signature(str(self._wb_info().get("signature", "")))
+
+    @property  # type: ignore[override]
+    def __doc__(self) -> str:  # type: ignore[override]
+        return str(self._wb_info().get("doc") or f"Runs {self.__name__}() of {self.__module__} in its worker.")
+
+    @property
+    def __wrapped__(self) -> Callable[..., Any]:
+        target = self._wb_target
+        file = module_file(target[0]) if isinstance(target, tuple) and isinstance(target[0], str) else None
+        if file is None:
+            raise AttributeError("__wrapped__")
+        return _stand_in(self.__name__, file)
+
+    def __repr__(self) -> str:
+        return f"<worker function proxy {self.__module__}.{self.__name__}>"
+
+
 class ModuleProxy(types.ModuleType):
     """Every public function of the remote module, as an attribute.
 

@@ -32,6 +32,7 @@ DELIMITER = b"<IDS|MSG>"
 WB_CALL = "wb_call_request"
 WB_IMPORT = "wb_import_request"
 WB_INSPECT = "wb_inspect_request"
+WB_DEBUG = "wb_debug_request"
 WB_BROKER = "wb_broker_request"
 
 
