@@ -3,12 +3,13 @@ function proxies, and the entry hooks (``onmessage({initialCall, beforeCall, aft
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 
 import pytest
 
 import wb_magic
-from wb_magic import NoSuchFunction, WorkerBroker
+from wb_magic import NoSuchFunction, WorkerBroker, WorkerSpec, WorkerStartError
 
 
 def test_enable_debugging_takes_a_log_function(workers_dir):
@@ -53,3 +54,58 @@ def test_a_sync_function_proxy_starts_its_worker_at_the_first_call(workers_dir):
         assert fn.__doc__ == "Greet someone by name."
         assert inspect.getsourcefile(inspect.unwrap(fn)) == str(workers_dir / "hello.py")
         assert fn.with_timeout(30)("timed") == "Hello timed"
+
+
+# -- entry hooks ---------------------------------------------------------------------------------------------
+
+
+def hooked_broker(workers_dir, mode: str) -> WorkerBroker:
+    spec = WorkerSpec(hooks=str(workers_dir / "seed_hooks.py"), env={"WB_HOOKS_MODE": mode})
+    return WorkerBroker(worker_constructor=lambda module, sid: spec, warm_workers=0, call_timeout=60)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_initial_call_runs_before_the_module_is_imported_also_for_an_import(workers_dir, mode):
+    with hooked_broker(workers_dir, mode) as broker:
+        broker.worker_import(workers_dir / "seed_hooked.py")
+        hooked = broker.worker_proxy(workers_dir / "seed_hooked.py")
+        assert hooked.log() == ["initial", "import", "before log"]
+        assert hooked.alog() == ["initial", "import", "before log", "after log", "before alog"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_initial_call_runs_before_an_inspect_request_imports(workers_dir, mode):
+    with hooked_broker(workers_dir, mode) as broker:
+        hooked = broker.worker_proxy(workers_dir / "seed_hooked.py")
+        assert "log" in dir(hooked)  # a wb_inspect_request, the worker's first
+        assert hooked.log()[:2] == ["initial", "import"]
+
+
+def test_async_initial_call_holds_the_requests_that_come_meanwhile(workers_dir):
+    async def main(broker):
+        hooked = broker.worker_proxy(workers_dir / "seed_hooked.py", asynchronous=True)
+        return await asyncio.gather(*(hooked.alog() for _ in range(5)), hooked.log())
+
+    with hooked_broker(workers_dir, "async") as broker:
+        results = asyncio.run(main(broker))
+    assert all(result[:2] == ["initial", "import"] for result in results)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_after_call_runs_when_before_call_raised_and_the_call_fails_with_the_hooks_error(workers_dir, mode):
+    with hooked_broker(workers_dir, mode) as broker:
+        hooked = broker.worker_proxy(workers_dir / "seed_hooked.py")
+        with pytest.raises(PermissionError, match="before_call refused guarded"):
+            hooked.guarded()
+        assert hooked.log()[-3:] == ["before guarded", "after guarded", "before log"]
+
+
+def test_a_failed_initial_call_keeps_the_module_out_for_good(workers_dir):
+    with hooked_broker(workers_dir, "failing-initial") as broker:
+        hooked = broker.worker_proxy(workers_dir / "seed_hooked.py")
+        with pytest.raises(RuntimeError, match="could not lock things down"):
+            hooked.log()
+        with pytest.raises(WorkerStartError, match="initial_call hook failed .*: it imports nothing"):
+            broker.worker_import(workers_dir / "seed_hooked.py")
+        with pytest.raises(WorkerStartError):
+            broker.worker_fn_proxy(workers_dir / "seed_hooked.py", "log")()

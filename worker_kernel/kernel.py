@@ -90,6 +90,7 @@ class WorkerKernel:
         self._interrupt_target: str | None = None  # the call an interrupt_request (with wb_call_id) is for
         self.loop: Any = None  # the asyncio event loop, once an ``async def`` function is called
         self._tasks: dict[str, Any] = {}  # call id -> the asyncio task running it
+        self._held: list[Message] | None = None  # requests waiting for a coroutine initial_call to finish
         self._stopping = False
         self._waiting: dict[str, Any] = {}  # wb_broker_request id -> asyncio future, or None for a sync wait
         self._answers: dict[str, Message] = {}
@@ -349,7 +350,41 @@ class WorkerKernel:
         if isinstance(source, str):
             shipped[str(content.get("module"))] = source
 
+    def _waits_for_initial_call(self, msg: Message) -> bool:
+        """Run the hooks' ``initial_call`` before the first request imports anything. A coroutine
+        ``initial_call`` is awaited on the worker's loop, and the requests that come meanwhile are held and
+        handled after it, in order. True when ``msg`` is held."""
+        if self._held is not None:
+            self._held.append(msg)
+            return True
+        if not self.runner.initial_is_async:
+            try:
+                self.runner.run_initial()
+            except BaseException as exc:
+                self._error_reply(self.shell, msg, exc, None)
+                return True
+            return False
+        self._held = [msg]
+        self._event_loop().create_task(self._initial_call())
+        return True
+
+    async def _initial_call(self) -> None:
+        try:
+            await self.runner.initial()  # type: ignore[misc]
+        except BaseException as exc:
+            self.runner.initial_done(exc)
+            first = self._held.pop(0) if self._held else None
+            if first is not None:  # the request that started it fails with the hook's own error
+                self._error_reply(self.shell, first, exc, None)
+        else:
+            self.runner.initial_done(None)
+        held, self._held = self._held or [], None
+        for msg in held:
+            self._handle_shell(msg)
+
     def _wb_call(self, msg: Message) -> None:
+        if self.runner.initial_pending and self._waits_for_initial_call(msg):
+            return
         c = msg.content
         request = Request(msg.raw_header, msg.idents)
         try:
@@ -377,8 +412,8 @@ class WorkerKernel:
             return
         if debugging.on:
             log.debug("call %s() of %s from %s", context.function, context.module, context.source_module or "the host")
-        if is_async:
-            task = self._event_loop().create_task(self._run_async(msg, request, context, fn, args, kwargs))
+        if is_async or self.runner.async_hooks:
+            task = self._event_loop().create_task(self._run_async(msg, request, context, fn, is_async, args, kwargs))
             self._tasks[msg.msg_id] = task
             return
         self._run_sync(msg, request, context, fn, args, kwargs)
@@ -393,8 +428,8 @@ class WorkerKernel:
         error: BaseException | None = None
         trace = request.trace
         try:
-            _hook(trace, self.runner, "before_call", context) if trace else self.runner.before(context)
             try:
+                _hook(trace, self.runner, "before_call", context) if trace else self.runner.before(context)
                 value = fn(*args, **kwargs) if self.loop is None else self._outside_loop(fn, args, kwargs)
             finally:
                 _hook(trace, self.runner, "after_call", context) if trace else self.runner.after(context)
@@ -430,17 +465,25 @@ class WorkerKernel:
             asyncio.set_event_loop(running or self.loop)  # asyncio.run() leaves the thread without one
 
     async def _run_async(
-        self, msg: Message, request: Request, context: CallContext, fn: Callable[..., Any], args: list, kwargs: dict
+        self,
+        msg: Message,
+        request: Request,
+        context: CallContext,
+        fn: Callable[..., Any],
+        is_async: bool,
+        args: list,
+        kwargs: dict,
     ) -> None:
+        """A call of a coroutine function, or of any function when a hook is a coroutine function."""
         current_request.set(request)
         current.set(context)
         trace = request.trace
         try:
-            _hook(trace, self.runner, "before_call", context) if trace else self.runner.before(context)
             try:
-                value = await fn(*args, **kwargs)
+                await _ahook(trace, self.runner, "before_call", context)
+                value = await fn(*args, **kwargs) if is_async else self._outside_loop(fn, args, kwargs)
             finally:
-                _hook(trace, self.runner, "after_call", context) if trace else self.runner.after(context)
+                await _ahook(trace, self.runner, "after_call", context)
         except BaseException as exc:  # CancelledError included: an interrupted call still gets its reply
             flush_output()
             self._error_reply(self.shell, msg, exc, request)
@@ -464,6 +507,8 @@ class WorkerKernel:
         self._reply(self.shell, msg, content, buffers)
 
     def _wb_import(self, msg: Message) -> None:
+        if self.runner.initial_pending and self._waits_for_initial_call(msg):
+            return
         c = msg.content
         request = Request(msg.raw_header, msg.idents)
         try:
@@ -489,6 +534,8 @@ class WorkerKernel:
         self._reply(self.shell, msg, {"status": "ok", "value": None})
 
     def _wb_inspect(self, msg: Message) -> None:
+        if self.runner.initial_pending and self._waits_for_initial_call(msg):
+            return
         c = msg.content
         request = Request(msg.raw_header, msg.idents)
         try:
@@ -704,6 +751,28 @@ def _hook(trace: Any, runner: CallRunner, name: str, context: CallContext) -> No
         hook(context)
     else:
         trace.run(name, "internal", {"rpc.system": "wb_magic"}, hook, context)
+
+
+async def _ahook(trace: Any, runner: CallRunner, name: str, context: CallContext) -> None:
+    """`_hook` for a call that runs as a coroutine: a hook's awaitable is awaited (inside its span)."""
+    hook = runner.before if name == "before_call" else runner.after
+    if trace is None or getattr(runner.hooks, name, None) is None:
+        result = hook(context)
+        if result is not None and hasattr(result, "__await__"):
+            await result
+        return
+    span = trace.start(name, "internal", {"rpc.system": "wb_magic"})
+    outer, trace.current = trace.current, span["span_id"]
+    try:
+        result = hook(context)
+        if result is not None and hasattr(result, "__await__"):
+            await result
+    except BaseException as exc:
+        trace.end(span, exc)
+        raise
+    finally:
+        trace.current = outer
+    trace.end(span)
 
 
 def _answer(msg: Message) -> Any:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from types import FunctionType, ModuleType
 from typing import Any, NamedTuple
 
-from .errors import NoSuchFunction
+from .errors import NoSuchFunction, WorkerStartError
 from .lazylog import LazyLogger
 from .loader import load_module, module_name_for
 
@@ -41,21 +41,53 @@ class CallRunner:
     """Loads target modules and runs their functions, with the seed's entry hooks.
 
     ``hooks`` is any object (a module, say) with optional ``initial_call()``, ``before_call(context)`` and
-    ``after_call(context)``; ``initial_call`` runs once before the first call, ``after_call`` in a ``finally``.
+    ``after_call(context)``, each a function or a coroutine function (awaited). ``initial_call`` runs once,
+    before the worker imports its first target module (for a call, an import or an inspect request alike);
+    ``after_call`` runs in a ``finally``, also when ``before_call`` raised. Hooks are no security boundary: the
+    module they run around can undo anything they set up (the sandbox is the boundary, docs/security.md).
     """
 
     def __init__(self, hooks: Any = None) -> None:
         self.hooks = hooks
         self.modules: dict[str, tuple[ModuleType, str | None]] = {}
         self.primary: ModuleType | None = None
-        self._initialised = False
         self._functions: dict[tuple[ModuleType, str], tuple[Callable[..., Any], bool]] = {}
+        self._before = getattr(hooks, "before_call", None)
+        self._after = getattr(hooks, "after_call", None)
+        self.initial = getattr(hooks, "initial_call", None)
+        self.initial_pending = self.initial is not None  # until initial_call has run (the one check a call pays)
+        self.initial_is_async = self.initial is not None and _is_coroutine_function(self.initial)
+        self.initial_error: BaseException | None = None
+        # a call runs as a coroutine when a hook around it is one, whatever the function is
+        self.async_hooks = any(h is not None and _is_coroutine_function(h) for h in (self._before, self._after))
+
+    def run_initial(self) -> None:
+        """Run a plain ``initial_call`` (a coroutine one is awaited by the kernel, then `initial_done`)."""
+        try:
+            self.initial()  # type: ignore[misc]
+        except BaseException as exc:
+            self.initial_done(exc)
+            raise
+        self.initial_done(None)
+
+    def initial_done(self, error: BaseException | None) -> None:
+        """``initial_call`` has run; if it raised, no module is ever imported here (fail closed)."""
+        self.initial_pending = False
+        self.initial_error = error
+
+    def _check_initialised(self) -> None:
+        if self.initial_error is not None:
+            error = self.initial_error
+            raise WorkerStartError(
+                f"this worker's initial_call hook failed ({type(error).__name__}: {error}): it imports nothing"
+            )
 
     def module(self, canonical: str, cache_buster: str | None) -> ModuleType:
         """The module for ``canonical``, executed afresh when ``cache_buster`` is one it has not loaded."""
         loaded = self.modules.get(canonical)
         if loaded is not None and (not cache_buster or loaded[1] == cache_buster):
             return loaded[0]
+        self._check_initialised()
         log.debug("loading %s (cache buster %r)", canonical, cache_buster)
         module = load_module(canonical, fresh=loaded is not None or bool(cache_buster))
         self.modules[canonical] = (module, cache_buster)
@@ -80,22 +112,12 @@ class CallRunner:
         self._functions[(module, name)] = found
         return found
 
-    def before(self, context: CallContext) -> None:
-        if self.hooks is None:
-            return
-        if not self._initialised:
-            self._initialised = True
-            initial = getattr(self.hooks, "initial_call", None)
-            if initial is not None:
-                initial()
-        before = getattr(self.hooks, "before_call", None)
-        if before is not None:
-            before(context)
+    def before(self, context: CallContext) -> Any:
+        """Run ``before_call``; what it returns (an awaitable, if it is a coroutine function)."""
+        return self._before(context) if self._before is not None else None
 
-    def after(self, context: CallContext) -> None:
-        after = getattr(self.hooks, "after_call", None) if self.hooks is not None else None
-        if after is not None:
-            after(context)
+    def after(self, context: CallContext) -> Any:
+        return self._after(context) if self._after is not None else None
 
     def describe(self, module: ModuleType) -> dict[str, Any]:
         """The public callables of a module: name -> {signature, doc, is_async}."""
