@@ -213,9 +213,11 @@ def test_calls_that_are_not_sampled_import_nothing_in_workers(broker):
         WorkerBrokerInstrumentor().uninstrument()
 
 
-def test_workers_do_not_inherit_opentelemetry_instrument_s_sitecustomize(tmp_path):
-    """Under `opentelemetry-instrument`, PYTHONPATH starts with a folder whose sitecustomize instruments any
-    Python process that starts: the host. Workers are started without it."""
+def test_opentelemetry_instrument_traces_with_no_code_change_and_workers_stay_clean(tmp_path):
+    """`opentelemetry-instrument` (with the distro's configurator: OTEL_TRACES_EXPORTER=console) finds the
+    instrumentor by its entry point, and the workers' spans reach the host's console exporter. It also puts a
+    folder first on PYTHONPATH whose sitecustomize instruments every Python process that starts: workers are
+    started without it, and import nothing of OpenTelemetry."""
     script = tmp_path / "app.py"
     script.write_text(
         "from wb_magic import WorkerBroker, tracing\n"
@@ -224,10 +226,14 @@ def test_workers_do_not_inherit_opentelemetry_instrument_s_sitecustomize(tmp_pat
         "print('instrumented' if tracing.tracer is not None else 'not instrumented', modules)\n"
     )
     command = [str(Path(sys.executable).with_name("opentelemetry-instrument")), sys.executable, str(script)]
-    env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"}
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_METRICS_EXPORTER": "none"}
+    env["OTEL_LOGS_EXPORTER"] = "none"
     out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "instrumented []"
+    # the workers' modules are listed by a traced call: it imports the worker's own recorder, and nothing else
+    assert "instrumented ['worker_kernel.tracing', 'worker_kernel.tracing']" in out.stdout.splitlines()
+    assert '"name": "front/otel_modules"' in out.stdout and '"name": "back/otel_modules"' in out.stdout
+    assert '"kind": "SpanKind.SERVER"' in out.stdout and '"process.pid"' in out.stdout
 
 
 def test_the_auto_instrumentation_folder_is_taken_off_a_workers_python_path():
