@@ -668,3 +668,26 @@ def test_wb_trace_without_the_sdk_says_how_to_install_it(ip, monkeypatch):
 def test_wb_trace_refuses_a_cell_that_awaits_at_top_level(ip):
     line = usage_error(ip, "%%wb_trace\nimport asyncio\nawait asyncio.sleep(0)")
     assert "awaits at top level" in line
+
+
+def test_wb_trace_also_sends_its_spans_to_the_sessions_exporter(ip):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from wb_magic.telemetry import WorkerBrokerInstrumentor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    WorkerBrokerInstrumentor().instrument(tracer_provider=provider)
+    try:
+        ok(ip, "%%wb_module tr_session\ndef ping():\n    return 'pong'\n")
+        ok(ip, "%wb_proxy tr_session")
+        text, _, _ = traced(ip, "tr_session.ping()")
+        assert wb_magic.tracing.tracer is not None  # the session's instrumentation is on again after the cell
+    finally:
+        WorkerBrokerInstrumentor().uninstrument()
+    exported = {(s.name, s.kind.name) for s in exporter.get_finished_spans()}
+    assert {("%%wb_trace", "INTERNAL"), ("tr_session/ping", "CLIENT"), ("tr_session/ping", "SERVER")} <= exported
+    assert "tr_session/ping (server)" in text
