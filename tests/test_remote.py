@@ -62,6 +62,7 @@ def remote_env(host: RemoteHost, tmp_path_factory: pytest.TempPathFactory):
         patch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path_factory.mktemp("runtime")))
         patch.setenv("GP_RESPONSE_IP", host.local_address)  # read when gateway_provisioners is first imported
         patch.setenv("GP_UNAUTHORIZED_USERS", "")  # it refuses root by default, and CI runs as root
+        patch.setenv("GP_POLL_INTERVAL", "0.1")  # how often it looks for the launcher's answer (0.5 s by default)
         yield host
 
 
