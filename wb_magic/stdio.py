@@ -18,10 +18,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from worker_kernel.permissions import Permissions
 
+from .pump import Pump
 from .safe_text import printable
 
 MAX_LINE = 2000  # characters of one line shown; a longer line is cut, and the cut marked
@@ -47,7 +47,7 @@ class WorkerOutput:
         self._budget = float(BURST)
         self._checked = time.monotonic()
         self._dropping = False
-        self._pump: Any = None
+        self._pump: Pump | None = None
         self._describe: Callable[[], str] = lambda: "a sandboxed worker"
 
     def child_stdio(self) -> dict[str, int]:
@@ -63,12 +63,12 @@ class WorkerOutput:
             os.close(self._write_fd)
             self._write_fd = None
 
-    def watch(self, pump: Any, describe: Callable[[], str]) -> None:
+    def watch(self, pump: Pump, describe: Callable[[], str]) -> None:
         """Read the pipe on ``pump`` whenever it is readable. ``describe()`` names the worker in each line."""
         self._describe = describe
         if self._fd is not None:
             self._pump = pump
-            pump.register(self._fd, self._read)
+            pump.register(self._fd, self._on_readable)
 
     def close(self) -> None:
         """Show what the worker left in the pipe (what fits in the rate: a worker still alive may write on, so
@@ -78,6 +78,9 @@ class WorkerOutput:
             if not self._read():
                 break
         self._end()
+
+    def _on_readable(self) -> None:
+        self._read()
 
     def _read(self) -> bool:
         """One read; at the end of the pipe, the last partial line is shown and the pipe closed. Whether more
