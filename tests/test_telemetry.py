@@ -159,6 +159,7 @@ def test_a_crash_mid_call_is_recorded_on_the_client_span(broker, exporter):
     assert client.status.status_code == StatusCode.ERROR
     assert "WorkerDied" in client.status.description
     assert client.attributes["wb_magic.worker_spans"].startswith("lost")
+    assert client.attributes["wb_magic.worker.pid"] > 0  # which process it was
     assert client.events[0].attributes["exception.type"].endswith("WorkerDied")
 
 

@@ -89,6 +89,8 @@ class BrokerTracer:
         attributes: dict[str, Any] = {"rpc.system": SYSTEM, "rpc.service": service, "rpc.method": method}
         if worker.segregation_id is not None:
             attributes["wb_magic.segregation_id"] = worker.segregation_id
+        if worker.pid is not None:  # which process served the call, even if its own spans never come back
+            attributes["wb_magic.worker.pid"] = worker.pid
         if routed is None:  # the host's own call: a CLIENT span under whatever span is current
             span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
         else:  # the broker routes a worker's call: visible between the caller's CLIENT span and the callee
