@@ -30,13 +30,11 @@ from .codec import Unencodable, decode_value, encode_value, exception_from_wire,
 from .errors import CallTimeout
 from .iopub import IOPub, OutputStream, Request, current_request, flush_output
 from .lazylog import LazyLogger
-from .loader import module_name_for, shipped
+from .loader import shipped
 from .runner import CallContext, CallRunner, current
 from .transport import check, serve_curve
 from .wire import (
     WB_BROKER,
-    WB_CALL,
-    WB_IMPORT,
     Message,
     Session,
     WireError,
@@ -327,20 +325,10 @@ class WorkerKernel:
         self._reply(sock, msg, content, buffers)
 
     def _traced(self, msg: Message, request: Request) -> Any:
-        """Start the SERVER span of a request that carries a trace context (see `tracing`); the recorder, or
-        None if the context is not one to record."""
-        from . import tracing
+        """The recorder of a request that carries a trace context, its SERVER span begun (see `tracing`)."""
+        from .tracing import server_for
 
-        c = msg.content
-        module = str(c.get("module", ""))
-        if msg.msg_type == WB_CALL:
-            function = str(c.get("function", ""))
-            name, attributes = f"{module_name_for(module)}/{function}", tracing.rpc_attributes(module, function)
-        elif msg.msg_type == WB_IMPORT:
-            name, attributes = f"import {module_name_for(module)}", tracing.rpc_attributes(module, "<import>")
-        else:
-            name, attributes = f"inspect {module_name_for(module)}", tracing.rpc_attributes(module, "<inspect>")
-        request.trace = tracing.server(c["trace"], name, attributes)
+        request.trace = server_for(msg.msg_type, msg.content)
         return request.trace
 
     def _take_source(self, content: dict[str, Any]) -> None:

@@ -147,6 +147,18 @@ def server(trace: Any, name: str, attributes: dict[str, Any]) -> Recorder | None
     return recorder
 
 
+def server_for(msg_type: str, content: dict[str, Any]) -> Recorder | None:
+    """The recorder of a ``wb_call_request``, ``wb_import_request`` or ``wb_inspect_request`` that carries a trace
+    context, its SERVER span begun: ``module/function`` for a call, ``import module`` or ``inspect module``."""
+    module = str(content.get("module", ""))
+    service = module_name_for(module)
+    if msg_type == "wb_call_request":
+        function = str(content.get("function", ""))
+        return server(content.get("trace"), f"{service}/{function}", rpc_attributes(module, function))
+    what = "import" if msg_type == "wb_import_request" else "inspect"
+    return server(content.get("trace"), f"{what} {service}", rpc_attributes(module, f"<{what}>"))
+
+
 def load(recorder: Recorder, runner: Any, module: str, cache_buster: Any) -> Any:
     """``runner.module(...)`` with a span when it imports (or re-imports) the module, not when it has it."""
     loaded = runner.modules.get(module)
