@@ -9,6 +9,7 @@ of a run whose process is gone removes them first.
 
 from __future__ import annotations
 
+import atexit
 import os
 import select
 import shutil
@@ -110,6 +111,7 @@ class RemoteHost:
         self.listening = False
 
     def start(self) -> None:
+        atexit.register(self.stop)  # a run interrupted past its fixtures' teardown still removes the host
         try:
             self._network()
             self._keys()
@@ -119,6 +121,7 @@ class RemoteHost:
             raise
 
     def stop(self) -> None:
+        atexit.unregister(self.stop)
         if self.sshd is not None and self.sshd.poll() is None:
             self.sshd.kill()
         if self.sshd is not None:
