@@ -133,3 +133,87 @@ def test_rebuilt_exceptions_are_fresh_exceptions_or_remote_errors():
     assert second is not shared and type(second) is LookupError and second.args == ("b",)
     with pytest.raises(DecodeError):
         decode_value({"$w": "exception", "v": "not an object"}, [])
+
+
+# -- identity within one message: repeats and cycles ---------------------------------------------------------
+
+
+def round_trip(value):
+    buffers: list = []
+    encoded = encode_value(value, buffers, "the result")
+    return decode_value(encoded, buffers), encoded
+
+
+def test_a_list_dict_or_set_held_twice_arrives_as_one_object_held_twice():
+    shared_list, shared_dict, shared_set = [1], {"k": 2}, {3}
+    value = {"a": [shared_list, shared_list], "d": (shared_dict, shared_dict), "s": [shared_set, shared_set]}
+    out, _ = round_trip(value)
+    assert out == value
+    assert out["a"][0] is out["a"][1] and out["d"][0] is out["d"][1] and out["s"][0] is out["s"][1]
+    shared_list.append(0)  # two equal lists are two lists
+    out, encoded = round_trip([[1], [1]])
+    assert out[0] is not out[1] and encoded == [[1], [1]]  # and a value without repeats is sent as before
+
+
+def test_cyclic_structures_round_trip():
+    loop: list = []
+    loop.append(loop)
+    out, _ = round_trip(loop)
+    assert out[0] is out
+    tree: dict = {"children": []}
+    tree["children"].append({"parent": tree, 1: tree})  # a non-str key: the pair form
+    out, _ = round_trip(tree)
+    assert out["children"][0]["parent"] is out and out["children"][0][1] is out
+    through_tuple: list = []
+    through_tuple.append((through_tuple,))
+    out, _ = round_trip(through_tuple)
+    assert out[0][0] is out
+
+
+def test_the_arguments_of_a_call_are_one_message():
+    from worker_kernel.codec import decode_args, encode_args
+
+    shared = [1, 2]
+    buffers: list = []
+    args, kwargs = encode_args([shared, shared], {"c": shared}, buffers)
+    decoded_args, decoded_kwargs = decode_args(args, kwargs, buffers)
+    assert decoded_args[0] is decoded_args[1] is decoded_kwargs["c"]
+    assert encode_args(["World"], {}, []) == (["World"], {})  # the hot call's args, as before
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"$w": "graph", "v": [{"$w": "ref", "v": 1}]},  # a reference forward
+        {"$w": "graph", "v": [{"$w": "ref", "v": True}]},
+        {"$w": "graph", "v": [{"$w": "ref", "v": "0"}]},
+        {"$w": "graph", "v": {"$w": "set", "v": [{"$w": "ref", "v": 0}]}},  # a set inside itself
+        [{"$w": "ref", "v": 0}],  # a reference outside a graph
+    ],
+)
+def test_forged_references_are_decode_errors(forged):
+    with pytest.raises(DecodeError):
+        decode_value(forged, [])
+
+
+def test_references_build_nothing_the_message_did_not_spell_out():
+    """A hostile peer sends a 1000-element list once and refers to it 100000 times: what arrives is one list
+    held 100000 times (100000 small references in, 100000 pointers out), not 10**8 elements."""
+    import json
+
+    message = {"$w": "graph", "v": [list(range(1000))] + [{"$w": "ref", "v": 1}] * 100_000}
+    out = decode_value(json.loads(json.dumps(message)), [])
+    assert len(out) == 100_001 and len({id(item) for item in out}) == 1
+
+
+def test_identity_through_real_workers(broker, workers_dir):
+    identity = broker.worker_proxy(workers_dir / "identity.py")
+    shared = {"x": [1]}
+    assert identity.same(shared, shared, c=shared) == [True, True, True]
+    assert identity.same({"x": [1]}, {"x": [1]}) == [False, False, False]  # equal is not the same
+    node = identity.cyclic()
+    assert node["children"][0]["parent"] is node
+    loop: list = [1]
+    loop.append(loop)
+    back = identity.echo([loop, loop])
+    assert back[0] is back[1] and back[0][1] is back[0]

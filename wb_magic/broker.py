@@ -22,7 +22,13 @@ from typing import Any
 
 import zmq
 
-from worker_kernel.codec import DecodeError, decode_value, encode_value, exception_from_wire, exception_to_wire
+from worker_kernel.codec import (
+    DecodeError,
+    decode_value,
+    encode_args,
+    exception_from_wire,
+    exception_to_wire,
+)
 from worker_kernel.loader import is_file_spec, located_file, module_name_for, resolve_module
 from worker_kernel.proxy import FunctionProxy, ModuleProxy, make_function
 from worker_kernel.wire import (
@@ -533,12 +539,13 @@ class WorkerBroker:
     def _call_content(
         self, module: str, segregation_id: str | None, function: str, args: tuple, kwargs: dict, buffers: list[Any]
     ) -> dict[str, Any]:
+        encoded_args, encoded_kwargs = encode_args(list(args), kwargs, buffers)
         return {
             "module": module,
             "cache_buster": self._busters.get(module),
             "function": function,
-            "args": encode_value(list(args), buffers, "args"),
-            "kwargs": encode_value(kwargs, buffers, "kwargs"),
+            "args": encoded_args,
+            "kwargs": encoded_kwargs,
             "segregation_id": segregation_id,
             "source": None,
         }

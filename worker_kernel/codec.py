@@ -5,6 +5,13 @@ dicts with str keys) travel as JSON. Everything else becomes a tagged object ``{
 produced by a `Marshaller`. Binary data (bytes, bytearray, numpy arrays) is never put in the JSON: the payload
 names the index of a separate ZeroMQ frame, so large values cross without a copy into text.
 
+Within one message (a result as a whole; the arguments of a call as a whole) a list, dict or set met twice
+is sent once and referred to after (``{"$w": "ref", "v": n}``, ``n`` counting the message's lists, dicts and
+sets in the order they are met), so it arrives as one object held twice, and a cyclic structure round-trips, as
+the seed's structured clone does. A message with references is wrapped as ``{"$w": "graph", "v": ...}``; only
+such a message is decoded with the table that numbering needs: values without repeats pay no more to decode.
+A reference builds nothing: the decoder never holds more objects than the message spelled out.
+
 Decoding builds only the types in the registry, from plain data; it never imports a module a message names, so
 a hostile peer can at worst produce an error. One registry holds the built-in types and the ones users add with
 `register_marshaller` (the example app's HTTP responses, say).
@@ -134,8 +141,31 @@ def _load_families(cls: type) -> bool:
 MAX_DEPTH = 80  # containers within containers: at most three JSON levels each, under orjson's limit of 254
 
 
-def encode(value: Any, buffers: list[Any], depth: int = 0) -> Any:
-    """The JSON-able form of ``value``; binary parts are appended to ``buffers``."""
+class _Memo:
+    """The lists, dicts and sets of one message met so far (kept alive, so that no id is reused), by id:
+    their number, in the order they were met, which the decoder counts the same way."""
+
+    __slots__ = ("kept", "refs", "seen")
+
+    def __init__(self) -> None:
+        self.seen: dict[int, int] = {}
+        self.kept: list[Any] = []
+        self.refs = 0
+
+    def ref(self, value: Any) -> dict[str, Any] | None:
+        """A reference to ``value`` if the message already holds it; else None, and ``value`` is numbered."""
+        number = self.seen.get(id(value))
+        if number is not None:
+            self.refs += 1
+            return {TAG: "ref", "v": number}
+        self.seen[id(value)] = len(self.seen)
+        self.kept.append(value)
+        return None
+
+
+def encode(value: Any, buffers: list[Any], depth: int = 0, memo: _Memo | None = None) -> Any:
+    """The JSON-able form of ``value``; binary parts are appended to ``buffers``. With ``memo`` (`encode_value`
+    makes one), a list, dict or set met again is sent as a reference to the first."""
     cls = type(value)
     if cls is str or cls is bool or value is None:
         return value
@@ -147,20 +177,36 @@ def encode(value: Any, buffers: list[Any], depth: int = 0) -> Any:
     if depth > MAX_DEPTH:  # the same limit whichever JSON encoder the wire uses
         raise RecursionError
     if cls is list:
+        if memo is not None:
+            seen = memo.seen
+            number = seen.get(id(value))
+            if number is not None:
+                memo.refs += 1
+                return {TAG: "ref", "v": number}
+            seen[id(value)] = len(seen)
+            memo.kept.append(value)
         out = []
         for i, item in enumerate(value):
             try:
-                out.append(encode(item, buffers, depth))
+                out.append(encode(item, buffers, depth, memo))
             except _Miss as miss:
                 miss.path.append(f"[{i}]")
                 raise
         return out
     if cls is dict:
+        if memo is not None:
+            seen = memo.seen
+            number = seen.get(id(value))
+            if number is not None:
+                memo.refs += 1
+                return {TAG: "ref", "v": number}
+            seen[id(value)] = len(seen)
+            memo.kept.append(value)
         if all(type(k) is str for k in value) and TAG not in value:
             plain = {}
             for k, item in value.items():
                 try:
-                    plain[k] = encode(item, buffers, depth)
+                    plain[k] = encode(item, buffers, depth, memo)
                 except _Miss as miss:
                     miss.path.append(f"[{k!r}]")
                     raise
@@ -168,7 +214,7 @@ def encode(value: Any, buffers: list[Any], depth: int = 0) -> Any:
         pairs = []
         for k, item in value.items():
             try:
-                pairs.append([encode(k, buffers, depth), encode(item, buffers, depth)])
+                pairs.append([encode(k, buffers, depth, memo), encode(item, buffers, depth, memo)])
             except _Miss as miss:
                 miss.path.append(f"[{k!r}]")
                 raise
@@ -178,13 +224,15 @@ def encode(value: Any, buffers: list[Any], depth: int = 0) -> Any:
         return {TAG: cls.__name__.lower(), "b": len(buffers) - 1}
     for base in _PLAIN[:3]:
         if isinstance(value, base):  # subclasses (IntEnum, numpy.float64, str enums) travel as their base
-            return encode(base(value), buffers, depth - 1)
+            return encode(base(value), buffers, depth - 1, memo)
     marshaller = _lookup(value)
     if marshaller is None:
         raise _Miss(value)
+    if memo is not None and marshaller.tag == "set" and (ref := memo.ref(value)) is not None:
+        return ref
     payload = marshaller.encode(value)
     try:
-        return {TAG: marshaller.tag, "v": encode(payload, buffers, depth)}
+        return {TAG: marshaller.tag, "v": encode(payload, buffers, depth, memo)}
     except _Miss as miss:
         if not miss.path:
             miss.path.append(f"<inside {type(value).__qualname__}>")
@@ -192,9 +240,46 @@ def encode(value: Any, buffers: list[Any], depth: int = 0) -> Any:
 
 
 def encode_value(value: Any, buffers: list[Any], where: str) -> Any:
-    """`encode`, raising `Unencodable` (a TypeError) that names the bad value's type and place."""
+    """`encode` of one message's value, raising `Unencodable` (a TypeError) that names the bad value's type and
+    place. Repeated lists, dicts and sets become references (the message is then a ``graph``)."""
+    memo = _Memo()
+    encoded = _encode_checked(value, buffers, where, memo)
+    return {TAG: "graph", "v": encoded} if memo.refs else encoded
+
+
+def encode_args(args: list[Any], kwargs: dict[str, Any], buffers: list[Any]) -> tuple[Any, Any]:
+    """The arguments of a call, as one message: an object in both ``args`` and ``kwargs`` arrives as one. The
+    args list and the kwargs dict themselves are the call's own (never the caller's objects), so only what they
+    hold is numbered."""
+    memo = _Memo()
     try:
-        return encode(value, buffers)
+        encoded_args = [_encode_member(item, buffers, memo, i) for i, item in enumerate(args)]
+        encoded_kwargs = {k: _encode_member(item, buffers, memo, k) for k, item in kwargs.items()} if kwargs else {}
+    except _Miss as miss:
+        where = "args" if not miss.path or isinstance(miss.path[-1], int) else "kwargs"
+        raise Unencodable(miss.type_name, where + "".join(_step(p) for p in reversed(miss.path))) from None
+    except RecursionError:
+        raise TypeError(f"the arguments are nested too deeply (over {MAX_DEPTH} levels) to be sent") from None
+    if memo.refs:
+        return {TAG: "graph", "v": encoded_args}, {TAG: "graph", "v": encoded_kwargs}
+    return encoded_args, encoded_kwargs
+
+
+def _encode_member(item: Any, buffers: list[Any], memo: _Memo, key: int | str) -> Any:
+    try:
+        return encode(item, buffers, 1, memo)
+    except _Miss as miss:
+        miss.path.append(key)  # type: ignore[arg-type]
+        raise
+
+
+def _step(part: Any) -> str:
+    return part if isinstance(part, str) and part.startswith(("[", "<")) else f"[{part!r}]"
+
+
+def _encode_checked(value: Any, buffers: list[Any], where: str, memo: _Memo) -> Any:
+    try:
+        return encode(value, buffers, 0, memo)
     except _Miss as miss:
         raise Unencodable(miss.type_name, where + "".join(reversed(miss.path))) from None
     except RecursionError:
@@ -257,10 +342,98 @@ def decode(data: Any, buffers: list[Any]) -> Any:
 
 
 def decode_value(data: Any, buffers: list[Any]) -> Any:
+    """One message's value (`encode_value`), references and all."""
     try:
+        if type(data) is dict and data.get(TAG) == "graph":
+            return _decode_graph(data.get("v"), buffers, [])
         return decode(data, buffers)
     except RecursionError:
         raise DecodeError("value nested too deeply") from None
+
+
+def decode_args(args: Any, kwargs: Any, buffers: list[Any]) -> tuple[Any, Any]:
+    """The arguments of a call (`encode_args`): references may cross from ``args`` to ``kwargs``. Anything but
+    a list of args and a dict of kwargs is a `DecodeError`."""
+    try:
+        if type(args) is list:  # no references (with them, both are graphs)
+            plain_args, plain_kwargs = decode(args, buffers), decode(kwargs, buffers) if kwargs else {}
+        else:
+            if type(args) is not dict or args.get(TAG) != "graph" or type(kwargs) is not dict:
+                raise DecodeError("a call's args must be a list")
+            if kwargs.get(TAG) != "graph" or type(args.get("v")) is not list or type(kwargs.get("v")) is not dict:
+                raise DecodeError("a call's args and kwargs must both be graphs of a list and a dict, or neither")
+            table: list[Any] = []
+            plain_args = [_decode_graph(item, buffers, table) for item in args["v"]]
+            plain_kwargs = {k: _decode_graph(item, buffers, table) for k, item in kwargs["v"].items()}
+    except RecursionError:
+        raise DecodeError("value nested too deeply") from None
+    if type(plain_args) is not list or type(plain_kwargs) is not dict:
+        raise DecodeError("a call's args must be a list and its kwargs a dict")
+    return plain_args, plain_kwargs
+
+
+_BUILDING = object()  # a set's place in the table while its members are decoded
+
+
+def _decode_graph(data: Any, buffers: list[Any], table: list[Any]) -> Any:
+    """`decode` for a message with references: every list, dict and set is numbered as it is met (before its
+    contents, as the encoder numbered them), and ``{"$w": "ref", "v": n}`` is the ``n``-th, already built."""
+    cls = type(data)
+    if cls is list:
+        out: list[Any] = []
+        table.append(out)
+        for item in data:
+            out.append(_decode_graph(item, buffers, table))
+        return out
+    if cls is not dict:
+        return data
+    tag = data.get(TAG)
+    if tag is None:
+        plain: dict[str, Any] = {}
+        table.append(plain)
+        for k, item in data.items():
+            plain[k] = _decode_graph(item, buffers, table)
+        return plain
+    if tag == "ref":
+        number = data.get("v")
+        if type(number) is not int or not 0 <= number < len(table) or table[number] is _BUILDING:
+            raise DecodeError(f"reference {number!r} to nothing decoded")
+        return table[number]
+    if tag == "dict":
+        pairs = data.get("v")
+        if type(pairs) is not list or not all(type(p) is list and len(p) == 2 for p in pairs):
+            raise DecodeError("a dict payload must be a list of [key, value] pairs")
+        mapping: dict[Any, Any] = {}
+        table.append(mapping)
+        try:
+            for k, item in pairs:
+                mapping[_decode_graph(k, buffers, table)] = _decode_graph(item, buffers, table)
+        except TypeError as exc:  # an unhashable key
+            raise DecodeError(f"bad dict key: {exc}") from None
+        return mapping
+    if tag == "set":
+        place = len(table)
+        table.append(_BUILDING)
+        members = _decode_graph(data.get("v"), buffers, table)
+        try:
+            table[place] = value = set(members)
+        except TypeError as exc:
+            raise DecodeError(f"bad set payload: {exc}") from None
+        return value
+    marshaller = _by_tag.get(tag) if type(tag) is str else None
+    if marshaller is None and tag in _TAG_FAMILIES:
+        register = _LAZY.pop(_TAG_FAMILIES[tag], None)
+        if register is not None:
+            register()
+        marshaller = _by_tag.get(tag)
+    if marshaller is None:
+        return decode(data, buffers)  # a frame (which holds no containers), or an unknown tag: decode's answer
+    try:
+        return marshaller.decode(_decode_graph(data.get("v"), buffers, table))
+    except DecodeError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+        raise DecodeError(f"bad {tag} payload: {exc}") from None
 
 
 # -- exceptions ---------------------------------------------------------------------------------------------

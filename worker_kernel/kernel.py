@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 
 from . import __version__, debugging
-from .codec import Unencodable, decode_value, encode_value, exception_from_wire, exception_to_wire
+from .codec import Unencodable, decode_args, decode_value, encode_value, exception_from_wire, exception_to_wire
 from .errors import CallTimeout
 from .iopub import IOPub, OutputStream, Request, current_request, flush_output
 from .lazylog import LazyLogger
@@ -382,8 +382,7 @@ class WorkerKernel:
             else:
                 module = self.runner.module(str(c["module"]), c.get("cache_buster"))
             fn, is_async = self.runner.function(module, str(c["function"]))
-            args = decode_value(c.get("args", []), msg.buffers)
-            kwargs = decode_value(c.get("kwargs", {}), msg.buffers)
+            args, kwargs = decode_args(c.get("args", []), c.get("kwargs", {}), msg.buffers)
             if not isinstance(args, list) or not isinstance(kwargs, dict):
                 raise TypeError("a call's args must be a list and its kwargs a dict")
             source = c.get("source") or {}

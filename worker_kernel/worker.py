@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .codec import encode_value
+from .codec import encode_args
 from .iopub import current_request
 from .loader import split_target
 from .proxy import ModuleProxy, make_function
@@ -51,12 +51,13 @@ class BrokerProxy:
     ) -> tuple[dict[str, Any], list[Any]]:
         buffers: list[Any] = []
         context = current.get()
+        encoded_args, encoded_kwargs = encode_args(list(args), kwargs, buffers)
         content = {
             "target": target[0],
             "segregation_id": target[1],
             "function": function,
-            "args": encode_value(list(args), buffers, "args"),
-            "kwargs": encode_value(kwargs, buffers, "kwargs"),
+            "args": encoded_args,
+            "kwargs": encoded_kwargs,
             "timeout": timeout,
             "source_module": context.module if context is not None else None,
         }
