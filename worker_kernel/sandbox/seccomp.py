@@ -211,8 +211,11 @@ def seccomp_program(p: Permissions, abi: int, pid: int, exec_path: int = 0, guar
     hot = [NR[name] for name in HOT]
     prog += [(_JEQ, len(hot) - i, 0, number) for i, number in enumerate(hot)]
     prog += [(_JA, 0, 0, 1), (_RET, 0, 0, SECCOMP_RET_ALLOW)]
+    holds_nr = True  # the accumulator holds seccomp_data.nr: after the hot calls, and after a rule with no checks
     for rule in seccomp_rules(p, abi, pid, exec_path, guard_cpu):
-        block: list[tuple[int, int, int, int]] = [(_LD_ABS, 0, 0, 0), (_JEQ, 0, -1, NR[rule.syscall])]
+        block: list[tuple[int, int, int, int]] = [] if holds_nr else [(_LD_ABS, 0, 0, 0)]
+        block.append((_JEQ, 0, -1, NR[rule.syscall]))
+        holds_nr = not rule.checks  # a failed check leaves an argument in the accumulator
         for check in rule.checks:
             block.append((_LD_ABS, 0, 0, check.offset))
             if check.mask != FULL:
