@@ -20,7 +20,7 @@ import pytest
 RUNTIME_DIR = Path(tempfile.mkdtemp(prefix="wb-magic-tests-runtime-"))
 os.environ["JUPYTER_RUNTIME_DIR"] = str(RUNTIME_DIR)
 
-from wb_magic import WorkerBroker  # noqa: E402
+from wb_magic import WorkerBroker, launcher  # noqa: E402
 from wb_magic.launcher import remove_orphaned_connection_files  # noqa: E402
 
 WORKERS = Path(__file__).parent / "workers"
@@ -51,6 +51,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture
 def workers_dir() -> Path:
     return WORKERS
+
+
+@pytest.fixture(params=["lane", "jupyter"])
+def link_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test module twice where the two links could behave differently: with the lane (the default for
+    local workers) and with ``lane=None`` meaning the Jupyter channels (``WorkerSpec(lane=False)``).
+    Use it as ``pytestmark = pytest.mark.usefixtures("link_kind")``; sandboxed workers keep their lane."""
+    monkeypatch.setattr(launcher, "LANE_BY_DEFAULT", request.param == "lane")
+    return request.param
 
 
 @pytest.fixture

@@ -11,17 +11,16 @@ import asyncio
 import atexit
 import json
 import logging
-import math
 import os
-import select
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import zmq
 
+from worker_kernel import messages
 from worker_kernel.codec import (
     DecodeError,
     decode_value,
@@ -30,30 +29,20 @@ from worker_kernel.codec import (
     exception_to_wire,
 )
 from worker_kernel.loader import is_file_spec, located_file, module_name_for, resolve_module
+from worker_kernel.messages import RELAYED, WB_CALL, WB_DEBUG, WB_IMPORT, WB_INSPECT, BrokerRequest, Reply
 from worker_kernel.proxy import FunctionProxy, ModuleProxy, make_function
-from worker_kernel.wire import (
-    WB_BROKER,
-    WB_CALL,
-    WB_DEBUG,
-    WB_IMPORT,
-    WB_INSPECT,
-    Message,
-    WireError,
-    has_message,
-    recv_frames,
-    send_frames,
-    use_orjson,
-)
+from worker_kernel.wire import Message, use_orjson
 
 from . import tracing
 from .cleaner import EventType, WorkerCleaner, WorkerEvent
-from .connection import MAX_MESSAGE_BYTES, WorkerConnection, now, pidfd
+from .connection import MAX_MESSAGE_BYTES, now
 from .errors import CallTimeout, WorkerBrokerError, WorkerDied, WorkerStartError
-from .launcher import WorkerSpec, launch, process_id
+from .launcher import WorkerSpec, launch
+from .links import JupyterLink, LaneLink, Link, ProcessWatch
 from .policy import CallPolicy, default_rule, scrub_error
 from .pump import Pump
 from .stdio import output_for
-from .worker import Call, Worker, WorkerInfo, close_fd
+from .worker import Call, Worker, WorkerInfo
 
 log = logging.getLogger("wb_magic")
 use_orjson()  # the host has no start-up to protect: the fast JSON from the first message
@@ -65,15 +54,10 @@ Constructor = Callable[[str, "str | None"], WorkerSpec]
 OUTPUT_GRACE = 1.0  # how long a finished call waits for stream output the worker says it sent
 INTERRUPT_GRACE = 5.0  # how long an interrupted call waits for the worker to answer before giving up
 EXIT_GRACE = 2.0  # how long a worker asked to shut down gets before it is killed
-DISCONNECT_GRACE = 0.5  # how long a dropped connection waits for the worker's exit before it counts as misconduct
-HEARTBEAT_INTERVAL = 0.5  # seconds between pings to a worker whose process we cannot watch
-HEARTBEAT_TIMEOUT = 3.0  # silence after which such a worker counts as dead
 UNSENT_RETRIES = 1  # a call whose worker was removed before the call left is sent once more, to a fresh worker
 DEFAULT_WARM_WORKERS = 1  # see docs/benchmarks.md: one warm kernel costs ~20 MB and saves ~0.1 s per new worker
 MAX_OUTPUT_BYTES = 1 << 20  # characters of output shown per call; the rest is cut, with a note
 STRAY_OUTPUT_RATE = 64 * 1024  # characters a second of output that belongs to no call
-MAX_FUNCTIONS = 10_000  # functions kept from a module's description
-MAX_DRAIN = 256  # messages taken from one socket per turn, so that one chatty worker cannot starve the rest
 DEFAULT_MAX_WORKERS = 64  # worker processes at once; at the limit the least recently used idle one is evicted
 DEFAULT_SANDBOX_QUOTA = 4  # live workers that calls from one sandboxed worker (and its delegates) may have started
 
@@ -166,7 +150,7 @@ class WorkerBroker:
         module, segregation_id = self._resolve(target)
         if cache_buster:
             self._busters[module] = str(cache_buster)
-        content = {"module": module, "cache_buster": self._busters.get(module)}
+        content = messages.module_request(module, self._busters.get(module))
         call = self._round_trip(module, segregation_id, WB_IMPORT, content, [], "<import>", timeout)
         self._outcome(call)
 
@@ -175,7 +159,7 @@ class WorkerBroker:
         module, segregation_id = self._resolve(target)
         if cache_buster:
             self._busters[module] = str(cache_buster)
-        content = {"module": module, "cache_buster": self._busters.get(module)}
+        content = messages.module_request(module, self._busters.get(module))
         self._outcome(await self._around_trip(module, segregation_id, WB_IMPORT, content, [], "<import>", timeout))
 
     def enable_worker_debugging(self, target: Target, enable: bool = True, *, timeout: float | None = None) -> None:
@@ -264,13 +248,14 @@ class WorkerBroker:
                 info = json.load(f)
         module, segregation_id = self._resolve(target)
         key = self._key(module, segregation_id)
-        worker = Worker(key, module, segregation_id, WorkerSpec(), None)
-        worker.remote = True  # it may run anywhere: it gets its modules' source from us
         with self._lock:
             current = self._workers.get(key)
             if current is not None and not current.dead:
                 raise ValueError(f"{key!r} already has a worker (pid {current.pid})")
-            self._connect(worker, info)
+            link = JupyterLink(self._context, info, self._identity, self.max_message_bytes)
+            worker = Worker(key, module, segregation_id, WorkerSpec(lane=False), link, None)
+            worker.remote = True  # it may run anywhere: it gets its modules' source from us
+            self._open(worker)
             worker.answered = True  # it has been running: no start-up to wait for
             self._workers[key] = worker
         self._emit("create", worker)
@@ -315,7 +300,7 @@ class WorkerBroker:
             worker = self._live_worker(module, segregation_id)
             if worker is None:  # launching blocks for a moment: not on the event loop
                 worker = await loop.run_in_executor(None, self._worker, module, segregation_id)
-            call = Call(worker.connection.session.new_id(), worker, function, sys.stdout, sys.stderr)  # type: ignore[union-attr]
+            call = Call(worker.link.new_id(), worker, function, sys.stdout, sys.stderr)
             call.loop = loop
             call.future = future = loop.create_future()
             self._pump.serve_loop(loop)
@@ -344,10 +329,10 @@ class WorkerBroker:
         cached = self._descriptions.get(module)
         if cached is not None and cached[0] == generation:
             return cached
-        content = {"module": module, "cache_buster": generation}
+        content = messages.module_request(module, generation)
         call = self._round_trip(module, segregation_id, WB_INSPECT, content, [], "<inspect>", None)
         self._outcome(call)
-        found = (generation, _clean_description(call.reply.content))
+        found = (generation, messages.clean_description(call.reply.content))
         self._descriptions[module] = found
         return found
 
@@ -481,44 +466,44 @@ class WorkerBroker:
         """Start a kernel and connect to it; the worker has no module until the caller assigns one. ``module``
         is the target a sandboxed worker is allowed to read (a warm worker gets none)."""
         output = output_for(spec.permissions)  # a sandboxed worker never gets the host's stdio
+        lane = LaneLink(self.max_message_bytes) if spec.uses_lane else None
         try:
-            manager = launch(spec, module, output)
+            manager = launch(spec, module, output, lane)
         except Exception as exc:
+            if lane is not None:
+                lane.close()
             raise WorkerStartError(f"could not launch a worker for {purpose}: {exc}") from exc
-        worker = Worker(None, "", None, spec, manager)
-        worker.output = output
-        worker.pid = process_id(manager)
-        worker.remote = bool(getattr(manager, "remote", False))
+        process = ProcessWatch(manager)
         try:
-            self._connect(worker, dict(manager.get_connection_info()))
+            link: Link = lane or JupyterLink(
+                self._context, dict(manager.get_connection_info()), self._identity, self.max_message_bytes
+            )
+            worker = Worker(None, "", None, spec, link, process)
+            worker.output = output
+            worker.remote = bool(getattr(manager, "remote", False))
+            self._open(worker)
         except BaseException:
-            process = getattr(manager.provisioner, "process", None)
-            if process is not None:  # never leave a kernel running that nobody can reach
-                process.kill()
-                process.wait()
-            manager.cleanup_resources()
+            process.kill()  # never leave a kernel running that nobody can reach
+            process.wait(EXIT_GRACE)
+            process.release()
+            if lane is not None:
+                lane.close()
             if output is not None:
                 output.close()
             raise
         if worker.remote:  # watched by its heartbeat all its life (and it exits when our heartbeats stop)
-            self._pump.soon(lambda: self._start_beating(worker))
-        log.debug("started worker (pid %s) for %s", worker.pid, purpose)
+            self._pump.soon(worker.link.call_sent)
+        log.debug("started worker (pid %s, %s link) for %s", worker.pid, link.kind, purpose)
         return worker
 
-    def _connect(self, worker: Worker, info: dict[str, Any]) -> None:
-        """Open the worker's sockets and hand them to the pump, with a watch on its process where we can."""
-        conn = worker.connection = WorkerConnection(self._context, info, self._identity, self.max_message_bytes)
-        self._pump.register(conn.shell, lambda: self._on_shell(worker))
-        self._pump.register(conn.iopub, lambda: self._on_iopub(worker))
-        self._pump.register(conn.stdin, lambda: self._on_stdin(worker))
-        self._pump.register(conn.control, lambda: _ignore(self._drain(conn.control)))
-        self._pump.register(conn.heartbeat, lambda: self._on_heartbeat(worker))
-        self._pump.register(conn.shell_events, lambda: self._on_disconnect(worker))
+    def _open(self, worker: Worker) -> None:
+        """Hand the worker's link to the pump, with a watch on its process where we can."""
+        worker.link.open(self._pump, self, worker)
         if worker.output is not None:
             worker.output.watch(self._pump, lambda: f"worker {worker.pid} {os.path.basename(worker.module)}")
-        worker.pidfd = pidfd(worker.pid)
-        if worker.pidfd is not None:
-            self._pump.register(worker.pidfd, lambda: self._on_exit(worker))
+        fd = worker.process.fd if worker.process is not None else None
+        if fd is not None:
+            self._pump.register(fd, lambda: self._on_exit(worker))
         else:
             log.debug("worker pid %s is watched by its heartbeat while it has calls", worker.pid)
 
@@ -540,15 +525,7 @@ class WorkerBroker:
         self, module: str, segregation_id: str | None, function: str, args: tuple, kwargs: dict, buffers: list[Any]
     ) -> dict[str, Any]:
         encoded_args, encoded_kwargs = encode_args(list(args), kwargs, buffers)
-        return {
-            "module": module,
-            "cache_buster": self._busters.get(module),
-            "function": function,
-            "args": encoded_args,
-            "kwargs": encoded_kwargs,
-            "segregation_id": segregation_id,
-            "source": None,
-        }
+        return messages.call(module, self._busters.get(module), function, encoded_args, encoded_kwargs, segregation_id)
 
     def _send_call(
         self, worker: Worker, call: Call, msg_type: str, content: dict, buffers: list, routed: Any = None
@@ -559,7 +536,8 @@ class WorkerBroker:
             content = self._with_source(worker, content)
         if tracing.tracer is not None:
             call.trace = tracing.tracer.start(worker, msg_type, content, routed)
-        _, frames = worker.connection.session.message(msg_type, content, buffers=buffers, msg_id=call.msg_id)  # type: ignore[union-attr]
+        link = worker.link
+        encoded = link.request(msg_type, call.msg_id, content, buffers)
         worker.calls += 1
         worker.pending[call.msg_id] = call
 
@@ -569,12 +547,11 @@ class WorkerBroker:
                 self._end(call, WorkerDied(f"worker {worker.key!r} ended before the call was sent"))
                 return
             try:
-                self._send(worker, worker.connection.shell, frames)  # type: ignore[union-attr]
+                link.send(encoded)
             except Exception as exc:  # never leave a call waiting for the reply to a message that did not leave
                 self._end(call, WorkerBrokerError(f"the call to worker {worker.key!r} could not be sent: {exc}"))
                 return
-            if worker.pidfd is None:
-                self._start_beating(worker)
+            link.call_sent()
 
         return send
 
@@ -608,7 +585,7 @@ class WorkerBroker:
         timeout = self.call_timeout if timeout is None else timeout
         for _ in range(UNSENT_RETRIES + 1):
             worker = self._worker(module, segregation_id)
-            call = Call(worker.connection.session.new_id(), worker, function, sys.stdout, sys.stderr)  # type: ignore[union-attr]
+            call = Call(worker.link.new_id(), worker, function, sys.stdout, sys.stderr)
             send = self._send_call(worker, call, msg_type, content, buffers)
             deadline = None if timeout is None else now() + timeout
             try:
@@ -627,21 +604,10 @@ class WorkerBroker:
                 break
         return call
 
-    def _send(self, worker: Worker, sock: zmq.Socket, frames: list[Any]) -> None:
-        """Send on a worker's socket (on the pump's leader), and have the pump look at that socket again. A
-        worker that lets its queue fill up (it stopped reading) is ended: the pump must never block on one."""
-        try:
-            send_frames(sock, frames, block=False)
-        except zmq.Again:
-            self._end_worker(worker, "it stopped reading what the broker sends it")
-            return
-        if has_message(sock):  # the send may have taken the descriptor's wake-up for it
-            self._pump.mark(sock)
-
     def _outcome(self, call: Call) -> Any:
         if call.error is not None:
             raise call.error
-        msg: Message = call.reply
+        msg: Message | Reply = call.reply
         content = msg.content
         try:
             if content.get("status") == "ok":
@@ -701,71 +667,53 @@ class WorkerBroker:
 
     def _interrupt(self, worker: Worker, call: Call | None = None) -> None:
         """Interrupt one call in the worker (or all it runs): other callers' interleaved calls go on."""
-        content = {"wb_call_id": call.msg_id} if call is not None else {}
+        call_id = call.msg_id if call is not None else None
 
         def send() -> None:
             if not worker.dead:
-                _, frames = worker.connection.session.message("interrupt_request", content)  # type: ignore[union-attr]
-                self._send(worker, worker.connection.control, frames)  # type: ignore[union-attr]
+                worker.link.interrupt(call_id)
 
         self._pump.soon(send)
 
-    # -- what the pump dispatches (on the leading thread) -----------------------------------------------------
+    # -- what links hand on (on the pump's leader: see links.LinkEvents) -------------------------------------------
 
-    def _receive(self, worker: Worker, sock: zmq.Socket) -> Iterator[Message]:
-        session = worker.connection.session  # type: ignore[union-attr]
-        for _ in range(MAX_DRAIN):
-            frames = recv_frames(sock, block=False)
-            if frames is None:
+    def _reply_arrived(self, worker: Worker, call_id: Any, reply: Reply | Message) -> None:
+        if not worker.answered:
+            worker.answered = True
+            if worker.spec.permissions is not None and not _confined(worker.pid):
+                self._end_worker(worker, "it is not confined as its permissions require (fail closed)")
                 return
-            try:
-                yield session.parse(frames)
-            except WireError as exc:
-                worker.dropped += 1
-                if worker.dropped == 1 or worker.dropped % 1000 == 0:  # a hostile worker must not flood the log
-                    log.warning("dropped a message from worker %r (%d so far): %s", worker.key, worker.dropped, exc)
-        self._pump.mark(sock)  # more may be waiting: come back after the others had a turn
+        call = worker.pending.get(call_id)
+        if call is None or call.reply is not None:
+            log.debug("dropped a reply from worker %r for no pending call", worker.key)
+            return
+        call.reply = reply
+        expected = messages.output_count(reply.content)
+        if expected is not None and call.outputs < expected:
+            self._pump.at(now() + OUTPUT_GRACE, lambda: self._end(call))
+        else:
+            self._end(call)
 
-    def _on_shell(self, worker: Worker) -> None:
-        for msg in self._receive(worker, worker.connection.shell):  # type: ignore[union-attr]
-            if not worker.answered:
-                worker.answered = True
-                if worker.spec.permissions is not None and not _confined(worker.pid):
-                    self._end_worker(worker, "it is not confined as its permissions require (fail closed)")
-                    return
-            call = worker.pending.get(msg.parent_id)
-            if call is None or call.reply is not None:
-                log.debug("dropped a %s from worker %r for no pending call", msg.msg_type, worker.key)
-                continue
-            call.reply = msg
-            expected = msg.content.get("outputs", 0)
-            if type(expected) is int and call.outputs < expected:
-                self._pump.at(now() + OUTPUT_GRACE, lambda call=call: self._end(call))  # type: ignore[misc]
-            else:
+    def _output_arrived(self, worker: Worker, call_id: Any, content: dict[str, Any]) -> None:
+        stream = messages.stream(content)
+        if stream is None:
+            return
+        name, text = stream
+        call = worker.pending.get(call_id) if call_id is not None else None
+        target = (call.stderr if name == "stderr" else call.stdout) if call is not None else None
+        if target is None:
+            target = sys.stderr if name == "stderr" else sys.stdout
+        text = self._within_output_cap(worker, call, text)
+        try:
+            if text:
+                target.write(text.translate(_CONTROL_CHARACTERS))
+        except Exception:
+            log.exception("could not show output from worker %r", worker.key)
+        if call is not None:
+            call.outputs += 1
+            expected = messages.output_count(call.reply.content) if call.reply is not None else None
+            if expected is not None and call.outputs >= expected:
                 self._end(call)
-
-    def _on_iopub(self, worker: Worker) -> None:
-        for msg in self._receive(worker, worker.connection.iopub):  # type: ignore[union-attr]
-            if msg.msg_type != "stream":
-                continue  # text only: a worker never gets to put HTML or JavaScript in front of the user
-            text, name = msg.content.get("text"), msg.content.get("name")
-            if not isinstance(text, str):
-                continue
-            call = worker.pending.get(msg.parent_id)
-            target = (call.stderr if name == "stderr" else call.stdout) if call is not None else None
-            if target is None:
-                target = sys.stderr if name == "stderr" else sys.stdout
-            text = self._within_output_cap(worker, call, text)
-            try:
-                if text:
-                    target.write(text.translate(_CONTROL_CHARACTERS))
-            except Exception:
-                log.exception("could not show output from worker %r", worker.key)
-            if call is not None:
-                call.outputs += 1
-                expected = call.reply.content.get("outputs", 0) if call.reply is not None else None
-                if expected is not None and call.outputs >= expected:
-                    self._end(call)
 
     def _within_output_cap(self, worker: Worker, call: Call | None, text: str) -> str:
         """What of ``text`` may be shown: MAX_OUTPUT_BYTES a call, STRAY_OUTPUT_RATE a second for output that
@@ -789,16 +737,8 @@ class WorkerBroker:
             + f"\n[wb-magic: {what} of worker {worker.key!r} printed too much: the rest is truncated]\n"
         )
 
-    def _on_stdin(self, worker: Worker) -> None:
-        for msg in self._receive(worker, worker.connection.stdin):  # type: ignore[union-attr]
-            if msg.msg_type == WB_BROKER:
-                self._route(worker, msg)
-            else:
-                log.debug("dropped a %s on stdin from worker %r", msg.msg_type, worker.key)
-
-    def _route(self, source: Worker, msg: Message) -> None:
+    def _request_arrived(self, source: Worker, request: BrokerRequest) -> None:
         """A worker calls another: resolve the target against the caller's module, stamp the caller, send."""
-        c = msg.content
 
         def answer(content: dict[str, Any], buffers: list[Any] | tuple = ()) -> None:
             if source.dead:
@@ -806,30 +746,20 @@ class WorkerBroker:
             if content.get("status") == "error" and source.spec.sandboxed:
                 content = scrub_error(content, source.spec, source.modules)
             try:
-                _, frames = source.connection.session.message(  # type: ignore[union-attr]
-                    "wb_broker_reply", content, parent=msg.raw_header, buffers=buffers
-                )
+                source.link.answer(request, content, buffers)
             except (TypeError, ValueError) as exc:  # the target's reply cannot be re-encoded (a lone surrogate, say)
                 error = WorkerBrokerError(f"the reply could not be passed on: {exc}")
-                _, frames = source.connection.session.message(  # type: ignore[union-attr]
-                    "wb_broker_reply", {"status": "error", **exception_to_wire(error, [])}, parent=msg.raw_header
-                )
-            self._send(source, source.connection.stdin, frames)  # type: ignore[union-attr]
+                source.link.answer(request, messages.error(exception_to_wire(error, [])))
 
         try:
-            spec, function, timeout = c.get("target"), c.get("function"), c.get("timeout")
-            if not isinstance(spec, str) or not isinstance(function, str):
-                raise TypeError("a worker-to-worker call needs a target and a function name")
-            if timeout is not None and (
-                type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout <= 0
-            ):
-                raise TypeError(f"timeout must be a positive number of seconds, not {timeout!r}")
-            claimed = c.get("source_module")
+            request.check()
+            function: str = request.function  # type: ignore[assignment]  # checked
+            claimed = request.source_module
             caller_module: str = claimed if isinstance(claimed, str) and claimed in source.modules else source.module
-            requested = c.get("segregation_id")
+            requested = request.segregation_id
             if source.spec.sandboxed and requested in (None, ""):
                 requested = source.segregation_id  # a sandboxed worker calls as its own tenant
-            module, segregation_id = self._resolve((spec, requested), base=caller_module)
+            module, segregation_id = self._resolve((request.target, requested), base=caller_module)
             target_spec = self._spec_if_live(module, segregation_id)
 
             def spec_of_target() -> WorkerSpec:
@@ -851,42 +781,43 @@ class WorkerBroker:
             sponsor = source.sponsor if source.sponsor is not None else (source.key if source.spec.sandboxed else None)
             target = self._worker(module, segregation_id, sponsor, target_spec)
         except Exception as exc:  # the broker's own frames are none of the caller's business
-            answer({"status": "error", **exception_to_wire(exc, []), "traceback": _error_only(exc)})
+            answer(messages.error({**exception_to_wire(exc, []), "traceback": _error_only(exc)}))
             return
-        origin = source.pending.get(msg.parent_id)
-        call = Call(target.connection.session.new_id(), target, function, origin.stdout if origin else None,  # type: ignore[union-attr]
+        origin = source.pending.get(request.parent) if request.parent is not None else None
+        call = Call(target.link.new_id(), target, function, origin.stdout if origin else None,
                     origin.stderr if origin else None)  # fmt: skip
 
         def relay(call: Call) -> None:
             if call.error is not None:
-                answer({"status": "error", **exception_to_wire(call.error, [])})
+                answer(messages.error(exception_to_wire(call.error, [])))
             else:
                 reply = call.reply.content
-                answer({k: reply[k] for k in _RELAYED if k in reply}, call.reply.buffers)
+                answer({k: reply[k] for k in RELAYED if k in reply}, call.reply.buffers)
 
         call.on_done = relay
-        content = {
-            "module": module,
-            "cache_buster": self._busters.get(module),
-            "function": function,
-            "args": c.get("args", []),
-            "kwargs": c.get("kwargs", {}),
-            "segregation_id": segregation_id,
-            "source": {"module": caller_module, "segregation_id": source.segregation_id},
-        }
+        content = messages.call(
+            module,
+            self._busters.get(module),
+            function,
+            request.args,
+            request.kwargs,
+            segregation_id,
+            {"module": caller_module, "segregation_id": source.segregation_id},
+        )
         try:
-            trace = c.get("trace")
+            trace = request.trace
             send = self._send_call(
-                target, call, WB_CALL, content, msg.buffers, trace if isinstance(trace, dict) else {}
+                target, call, WB_CALL, content, request.buffers, trace if isinstance(trace, dict) else {}
             )
         except (TypeError, ValueError) as exc:  # arguments JSON cannot carry on (a lone surrogate, say)
-            answer({"status": "error", **exception_to_wire(TypeError(f"the call could not be encoded: {exc}"), [])})
+            answer(messages.error(exception_to_wire(TypeError(f"the call could not be encoded: {exc}"), [])))
             return
         except WorkerBrokerError as exc:  # the target's source could not be read to send it
             target.pending.pop(call.msg_id, None)
-            answer({"status": "error", **exception_to_wire(exc, [])})
+            answer(messages.error(exception_to_wire(exc, [])))
             return
         send()
+        timeout = request.timeout
         if timeout:
             error = CallTimeout(f"{function}() in worker {target.key!r} took longer than {timeout} s")
 
@@ -901,70 +832,20 @@ class WorkerBroker:
             worker = self._workers.get(self._key(module, segregation_id))
             return worker.spec if worker is not None and not worker.dead else None
 
-    def _start_beating(self, worker: Worker) -> None:
-        if not worker.beating and not worker.dead:
-            worker.beating = True
-            worker.last_beat = now()
-            self._beat(worker)
-
-    def _beat(self, worker: Worker) -> None:
-        """Ping a worker we cannot watch as a process (while it has calls; a remote worker always, since it
-        exits when our heartbeats stop); no answer for a while means dead."""
-        if worker.dead or not (worker.pending or (worker.remote and worker.manager is not None)):
-            worker.beating = False
-            return
-        if now() - worker.last_beat > HEARTBEAT_TIMEOUT:
-            self._discard(worker, f"it stopped answering heartbeats for {HEARTBEAT_TIMEOUT} s")
-            return
-        self._send(worker, worker.connection.heartbeat, [b"", b"ping"])  # type: ignore[union-attr]
-        self._pump.at(now() + HEARTBEAT_INTERVAL, lambda: self._beat(worker))
-
-    def _on_heartbeat(self, worker: Worker) -> None:
-        if self._drain(worker.connection.heartbeat):  # type: ignore[union-attr]
-            worker.last_beat = now()
-
-    def _on_disconnect(self, worker: Worker) -> None:
-        """ZeroMQ dropped the shell connection. A worker whose process lives on sent a frame over the size cap
-        (a process that ended closes its connection too: that is for `_on_exit`, with its exit status)."""
-        if not self._drain(worker.connection.shell_events):  # type: ignore[union-attr]
-            return  # handlers may be called with nothing to read (see Pump.mark)
-        if worker.dead or worker.manager is None:
-            return  # an attached worker may reconnect after a network blip: its heartbeat decides
-        # a dying process closes its sockets a moment before it can be waited for: give its exit a moment to show
-        self._pump.at(now() + DISCONNECT_GRACE, lambda: self._disconnected(worker))
-
-    def _disconnected(self, worker: Worker) -> None:
-        if worker.dead:
-            return
-        process = getattr(worker.manager.provisioner, "process", None) if worker.manager else None
-        if process is not None and process.poll() is not None:
-            self._on_exit(worker)
-            return
-        limit = worker.connection.max_message_bytes  # type: ignore[union-attr]
-        self._end_worker(worker, f"it sent a message larger than {limit} bytes, and its connection was dropped")
-
     def _end_worker(self, worker: Worker, why: str) -> None:
         """Fail a misbehaving worker's calls at once, and end its process."""
         worker.exit_reason = why
-        process = getattr(worker.manager.provisioner, "process", None) if worker.manager else None
-        if process is not None and process.poll() is None:
-            process.kill()
+        if worker.process is not None:
+            worker.process.kill()
         self._discard(worker, why)
 
-    def _drain(self, sock: zmq.Socket) -> int:
-        """Read and drop what waits on ``sock`` (MAX_DRAIN at most; the pump comes back for the rest)."""
-        count = _discard_all(sock)
-        if count == MAX_DRAIN:
-            self._pump.mark(sock)
-        return count
-
     def _on_exit(self, worker: Worker) -> None:
-        if worker.pidfd is not None and not select.select([worker.pidfd], [], [], 0)[0]:
+        if worker.process is not None and not worker.process.ended():
             return  # a stale wake-up: the descriptor's number was another's, and this process runs on
         self._discard(worker, f"it ended ({worker.exit_status()})")
 
     def _discard(self, worker: Worker, why: str) -> None:
-        """Forget a worker whose process has ended or is ending: fail its calls, close its sockets. On the pump."""
+        """Forget a worker whose process has ended or is ending: fail its calls, close its link. On the pump."""
         with worker.lock:
             if worker.dead:
                 return
@@ -974,13 +855,10 @@ class WorkerBroker:
             worker.output.close()  # what it wrote as it ended (a crash's traceback) comes before the calls fail
         for call in list(worker.pending.values()):
             self._end(call, WorkerDied(f"worker {worker.key!r} running {call.function}(): {why}"))
-        if worker.pidfd is not None:
-            self._pump.unregister(worker.pidfd)
-            close_fd(worker.pidfd)
-        if worker.connection is not None:
-            for sock in worker.connection.sockets:
-                self._pump.unregister(sock)
-            worker.connection.close()
+        process = worker.process
+        if process is not None and process.fd is not None:
+            self._pump.unregister(process.fd)
+        worker.link.close()
         with self._lock:
             if self._workers.get(worker.key) is worker:
                 del self._workers[worker.key]
@@ -989,14 +867,8 @@ class WorkerBroker:
             elif worker in self._pool:
                 self._pool.remove(worker)
                 self._pool_wanted.set()
-        if worker.manager is not None:
-            process = getattr(worker.manager.provisioner, "process", None)
-            if process is not None:
-                process.poll()  # reap it
-            try:
-                worker.manager.cleanup_resources()
-            except Exception:
-                log.debug("cleaning up after worker %r failed", worker.key, exc_info=True)
+        if process is not None:
+            process.release()
         if worker.module:  # a warm worker that never got a module was never announced
             self._emit("remove", worker)
 
@@ -1006,36 +878,18 @@ class WorkerBroker:
             self._pump.soon(lambda worker=worker: self._request_shutdown(worker))  # type: ignore[misc]
         deadline = now() + EXIT_GRACE
         for worker in workers:
-            process = getattr(worker.manager.provisioner, "process", None) if worker.manager else None
-            if process is not None:
-                try:
-                    process.wait(max(0.0, deadline - now()))
-                except Exception:
-                    process.kill()
-                    process.wait()
-            elif worker.manager is not None:
-                worker.manager.shutdown_kernel(now=True)
+            if worker.process is not None:
+                worker.process.wait(deadline - now())
             self._pump.soon(lambda worker=worker: self._discard(worker, why))  # type: ignore[misc]
 
     def _request_shutdown(self, worker: Worker) -> None:
         if not worker.dead:
-            _, frames = worker.connection.session.message("shutdown_request", {"restart": False})  # type: ignore[union-attr]
-            self._send(worker, worker.connection.control, frames)  # type: ignore[union-attr]
+            worker.link.request_shutdown()
 
 
 # Terminal control sequences from an untrusted worker could rewrite the screen, set the window title or reach
 # the clipboard (OSC 52): output keeps tabs and line breaks and loses every other control character.
 _CONTROL_CHARACTERS = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)])
-
-_RELAYED = ("status", "value", "ename", "emodule", "evalue", "eargs", "traceback", "wb_exception")
-
-
-def _discard_all(sock: zmq.Socket) -> int:
-    """Read and drop what is waiting (MAX_DRAIN at most: the rest at the next turn); how many messages."""
-    for count in range(MAX_DRAIN):
-        if recv_frames(sock, block=False) is None:
-            return count
-    return MAX_DRAIN
 
 
 def _confined(pid: int | None) -> bool:
@@ -1046,20 +900,6 @@ def _confined(pid: int | None) -> bool:
     except OSError:
         return False
     return status.get("NoNewPrivs", "").strip() == "1" and status.get("Seccomp", "").strip() == "2"
-
-
-def _clean_description(content: dict[str, Any]) -> dict[str, Any]:
-    """Keep only well-formed entries of a worker's module description: it is not trusted."""
-    functions = {}
-    raw = content.get("functions")
-    for name, info in list(raw.items())[:MAX_FUNCTIONS] if isinstance(raw, dict) else ():
-        if isinstance(name, str) and name.isidentifier() and isinstance(info, dict):
-            functions[name] = {
-                "signature": str(info.get("signature", ""))[:10_000],
-                "doc": str(info.get("doc", ""))[:100_000],
-                "is_async": bool(info.get("is_async", False)),
-            }
-    return {"name": str(content.get("name", "")), "functions": functions}
 
 
 _live_brokers: weakref.WeakSet[WorkerBroker] = weakref.WeakSet()
@@ -1096,7 +936,3 @@ def _end_trace(call: Call) -> None:
         call.trace.end(call)
     except Exception:  # telemetry must never break a call
         log.exception("recording the trace of %s() failed", call.function)
-
-
-def _ignore(_: object) -> None:
-    return None

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import KernelManager
@@ -24,9 +24,13 @@ from worker_kernel.transport import curve_keys, is_loopback
 from .provisioned import ProvisionedKernel
 from .stdio import WorkerOutput
 
+if TYPE_CHECKING:
+    from .links import LaneLink
+
 log = logging.getLogger("wb_magic")
 
 DEFAULT_ARGV = (sys.executable, "-m", "worker_kernel", "-f", "{connection_file}")
+LANE_BY_DEFAULT = True  # what ``WorkerSpec(lane=None)`` means for a worker of the default command
 # what a sandboxed worker keeps of the host's environment without env=True: nothing secret, what Python needs
 SANDBOX_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "PYTHONHASHSEED", "WB_DEBUG")
 
@@ -46,6 +50,12 @@ class WorkerSpec:
     life), ``file_size_limit`` (bytes per file written). ``enforce="strict"`` makes a worker whose sandbox this
     machine cannot enforce refuse to start; ``"best-effort"`` runs it with a loud warning of what is not.
     A sandboxed worker gets a scrubbed environment: only what `Permissions.env` names, plus ``env``.
+
+    ``lane``: whether calls travel on the worker's lane (a private socketpair, docs/architecture.md) rather than
+    on its Jupyter channels. ``None`` (the default) means yes for the default command and for sandboxed workers,
+    no for a kernel spec or another ``argv`` (which may not speak the lane). A sandboxed worker always has its
+    lane: ``lane=False`` with a sandbox is refused (ZeroMQ would let such a worker make the host assemble a
+    message of any size, docs/security.md).
     """
 
     argv: tuple[str, ...] | None = None
@@ -58,6 +68,25 @@ class WorkerSpec:
     cpu_seconds: float | None = None
     file_size_limit: int | None = None
     enforce: str = "strict"
+    lane: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.lane is False and self.sandboxed:
+            raise ValueError(
+                "a sandboxed worker needs its lane: lane=False would let it make the host assemble ZeroMQ messages"
+                " of any size (docs/security.md)"
+            )
+        if self.lane and self.kernel_name:
+            raise ValueError("a worker launched through a kernel_name has no lane: use lane=None or False")
+
+    @property
+    def uses_lane(self) -> bool:
+        """Whether the broker launches this worker with a lane (see ``lane``)."""
+        if self.kernel_name:
+            return False
+        if self.lane is not None:
+            return self.lane
+        return self.sandboxed or (self.argv is None and LANE_BY_DEFAULT)
 
     @property
     def sandboxed(self) -> bool:
@@ -185,11 +214,12 @@ class _OneSpec(KernelSpecManager):
 
 
 def launch(
-    spec: WorkerSpec, module: str | None = None, output: WorkerOutput | None = None
+    spec: WorkerSpec, module: str | None = None, output: WorkerOutput | None = None, lane: LaneLink | None = None
 ) -> KernelManager | ProvisionedKernel:
     """Start a worker kernel; returns its manager with the kernel process running (perhaps not yet bound).
     ``module`` is the worker's target, which a sandboxed worker may read; ``output``, the pipes that take the
-    place of the host's stdin, stdout and stderr (a sandboxed worker's, `wb_magic.stdio`)."""
+    place of the host's stdin, stdout and stderr (a sandboxed worker's, `wb_magic.stdio`); ``lane``, the link
+    whose ends the worker inherits (their numbers are in its environment)."""
     if spec.kernel_name:
         if spec.sandboxed:  # fail closed: a kernel spec's command (a remote launcher, say) would not confine it
             raise ValueError(
@@ -215,11 +245,16 @@ def launch(
         kwargs["cwd"] = spec.cwd
     if output is not None:
         kwargs.update(output.child_stdio())  # jupyter_client hands them to the provisioner, and it to Popen
+    if lane is not None:  # the local provisioner hands pass_fds to Popen, which keeps the descriptors' numbers
+        kwargs["env"].update(lane.environment)
+        kwargs["pass_fds"] = lane.child_fds
     try:
         manager.start_kernel(**kwargs)
     finally:
         if output is not None:
             output.launched()
+        if lane is not None:
+            lane.launched()
     return manager
 
 

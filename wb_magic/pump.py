@@ -51,6 +51,7 @@ class Pump:
         self._fds: dict[Any, int] = {}  # a socket's descriptor, looked up once (``sock.FD`` is a getsockopt)
         self._by_fd: dict[int, Callable[[], None]] = {}
         self._dirty: set[int] = set()  # descriptors of sockets to look at whether or not epoll says so
+        self._writers: set[int] = set()  # descriptors watched for room to write too (see want_write)
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = count()
         self._async_pending = 0
@@ -83,8 +84,27 @@ class Pump:
             fd = self._fds.pop(source)
             self._by_fd.pop(fd, None)
             self._dirty.discard(fd)
+            self._writers.discard(fd)
             self._epoll.unregister(fd)
-        self._on_loops(lambda loop: loop.remove_reader(fd))
+        self._on_loops(lambda loop: _forget(loop, fd))
+
+    def want_write(self, source: int, wanted: bool) -> None:
+        """Also call the handler of a registered descriptor when it turns writable (while ``wanted``): a lane
+        whose peer has not yet taken all that was written to it."""
+        with self._cv:
+            fd = self._fds.get(source)
+            if fd is None:
+                return
+            if wanted:
+                self._writers.add(fd)
+            else:
+                self._writers.discard(fd)
+            self._epoll.modify(fd, select.EPOLLIN | (select.EPOLLOUT if wanted else 0))
+        if wanted:
+            self._wake()  # the leader may be asleep in epoll_wait with the old mask
+            self._on_loops(lambda loop: loop.add_writer(fd, self.turn, fd))
+        else:
+            self._on_loops(lambda loop: loop.remove_writer(fd))
 
     def soon(self, action: Callable[[], None]) -> None:
         """Run ``action`` on the pump: now if this thread can lead, else by the leader at its next turn."""
@@ -258,6 +278,8 @@ class Pump:
             self._loops = [known for known in self._loops if not known.is_closed()] + [loop]
         for fd in list(self._fds.values()):
             loop.add_reader(fd, self.turn, fd)
+        for fd in list(self._writers):
+            loop.add_writer(fd, self.turn, fd)
 
     def batch(self, loop: Any, action: Callable[[], None]) -> None:
         """Run ``action`` (a send) on the pump: the first of a pass of the running ``loop`` at once, the
@@ -374,6 +396,11 @@ def _run_all(actions: list[Callable[[], None]]) -> None:
             action()
         except Exception:  # one call's send failing must not stop the others'
             log.exception("a queued send of the broker's pump failed")
+
+
+def _forget(loop: Any, fd: int) -> None:
+    loop.remove_reader(fd)
+    loop.remove_writer(fd)
 
 
 def _fd(source: Any) -> int:

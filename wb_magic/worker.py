@@ -1,4 +1,4 @@
-"""One worker as the broker sees it: its key, its kernel, its sockets and the calls in flight."""
+"""One worker as the broker sees it: its key, its link, its process and the calls in flight."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from jupyter_client.manager import KernelManager
-
 from worker_kernel.permissions import REFUSED_EXIT_CODE, refusal_file
 
-from .connection import WorkerConnection
 from .launcher import WorkerSpec
-from .provisioned import ProvisionedKernel
+from .links import Link, ProcessWatch
 from .stdio import WorkerOutput
 
 
@@ -28,12 +25,12 @@ class Call:
     )  # fmt: skip
 
     def __init__(
-        self, msg_id: str, worker: Worker, function: str, stdout: TextIO | None, stderr: TextIO | None
+        self, msg_id: Any, worker: Worker, function: str, stdout: TextIO | None, stderr: TextIO | None
     ) -> None:
         self.msg_id = msg_id
         self.worker = worker
         self.function = function
-        self.reply: Any = None  # the reply Message once it arrived
+        self.reply: Any = None  # the reply (a Message or a messages.Reply: its content and buffers) once it arrived
         self.error: BaseException | None = None
         self.done = False
         self.outputs = 0  # stream messages seen for this call
@@ -67,7 +64,10 @@ class WorkerInfo:
 
 
 class Worker:
-    """A live worker kernel. ``state`` is ``starting`` (no reply yet), ``idle``, ``busy``, or ``dead``."""
+    """A live worker kernel. ``state`` is ``starting`` (no reply yet), ``idle``, ``busy``, or ``dead``.
+
+    ``link`` carries its requests and what it sends back (the lane or the Jupyter channels); ``process`` watches
+    its process, when this host launched it (an attached worker has none: its link's heartbeat watches it)."""
 
     def __init__(
         self,
@@ -75,34 +75,36 @@ class Worker:
         module: str,
         segregation_id: str | None,
         spec: WorkerSpec,
-        manager: KernelManager | ProvisionedKernel | None,
+        link: Link,
+        process: ProcessWatch | None,
     ) -> None:
         self.key = key
         self.module = module
         self.modules = {module}
         self.segregation_id = segregation_id
         self.spec = spec
-        self.manager = manager
-        self.connection: WorkerConnection | None = None
-        self.pid: int | None = None
-        self.pidfd: int | None = None
-        self.output: WorkerOutput | None = None  # a sandboxed worker's stdout and stderr
-        self.pending: dict[str, Call] = {}
-        self.sponsor: Any = None  # the key of the sandboxed worker on whose behalf this one was started
+        self.link = link
+        self.process = process
+        self.pid: int | None = process.pid if process is not None else None
+        self.pending: dict[Any, Call] = {}
         self.answered = False
         self.dead = False
         self.exit_reason: str | None = None
-        self.beating = False  # a heartbeat timer runs (for workers whose process we cannot watch)
+        self.output: WorkerOutput | None = None  # a sandboxed worker's stdout and stderr
+        self.sponsor: Any = None  # the key of the sandboxed worker on whose behalf this one was started
         self.remote = False  # on another host (or attached): gets its modules' source from the broker
         self.shipped: set[tuple[Any, Any]] = set()  # (module, cache buster) whose source it was sent
-        self.last_beat = 0.0
-        self.dropped = 0  # malformed or unsigned messages dropped
         self.stray_output = 0.0  # output budget for streams that belong to no call (a leaky bucket, in bytes)
         self.stray_checked = 0.0
         self.calls = 0
         self.created = time.time()  # wall clock, for people
         self.last_used = time.monotonic()  # monotonic, for idle timeouts
         self.lock = threading.Lock()
+
+    @property
+    def manager(self) -> Any:
+        """The `KernelManager` that launched the worker (None for an attached worker)."""
+        return self.process.manager if self.process is not None else None
 
     @property
     def state(self) -> str:
@@ -128,8 +130,7 @@ class Worker:
         reason a sandboxed worker gave for refusing to start, or the limit of its `WorkerSpec` that killed it."""
         if self.exit_reason:  # the broker ended it, and knows why
             return self.exit_reason
-        process = getattr(self.manager.provisioner, "process", None) if self.manager else None
-        code = process.poll() if process is not None else None
+        code = self.process.poll() if self.process is not None else None
         if code is None:
             return "it stopped answering"
         if code == REFUSED_EXIT_CODE and self.spec.sandboxed:
@@ -147,7 +148,7 @@ class Worker:
 
     def _refusal(self) -> str:
         """The one line a worker that refused to start left beside its connection file (read once)."""
-        connection_file = getattr(self.manager, "connection_file", None)
+        connection_file = getattr(self.process.manager, "connection_file", None) if self.process else None
         if not connection_file:
             return ""
         path = refusal_file(connection_file)
@@ -175,11 +176,3 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<Worker {self.key!r} pid={self.pid} {self.state}>"
-
-
-def close_fd(fd: int | None) -> None:
-    if fd is not None:
-        try:
-            os.close(fd)
-        except OSError:
-            pass

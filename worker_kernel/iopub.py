@@ -13,6 +13,7 @@ import io
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -27,15 +28,16 @@ QUEUE_LIMIT = 1000  # messages held before the first subscriber; the oldest are 
 
 class Request:
     """The request being served, as the output streams see it: its header (raw JSON) and how many outputs it
-    made."""
+    made. ``lane_id`` is the call's id when it came on the lane (its output goes back on the lane)."""
 
-    __slots__ = ("header", "idents", "outputs", "trace")
+    __slots__ = ("header", "idents", "outputs", "trace", "lane_id")
 
-    def __init__(self, header: bytes, idents: list[bytes]) -> None:
+    def __init__(self, header: bytes | None, idents: list[bytes], lane_id: int | None = None) -> None:
         self.header = header
         self.idents = idents
         self.outputs = 0
         self.trace: Any = None  # a `tracing.Recorder` when the request carries a trace context
+        self.lane_id = lane_id
 
 
 current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar("wb_request", default=None)
@@ -83,12 +85,16 @@ class IOPub:
 
 
 class OutputStream(io.TextIOBase):
-    """``sys.stdout`` / ``sys.stderr`` of a worker: lines become iopub ``stream`` messages as they are written."""
+    """``sys.stdout`` / ``sys.stderr`` of a worker: lines become iopub ``stream`` messages as they are written.
 
-    def __init__(self, name: str, iopub: IOPub) -> None:
+    With a lane (``to_lane``), the output of a lane call, and output that belongs to no request, goes on the lane
+    instead, ahead of the call's reply; a console's requests keep their output on iopub."""
+
+    def __init__(self, name: str, iopub: IOPub, to_lane: Callable[[int, str, str], None] | None = None) -> None:
         super().__init__()
         self.name = name
         self._iopub = iopub
+        self._to_lane = to_lane
         self._lock = threading.Lock()
         self._parts: list[str] = []
         self._owner: Request | None = None
@@ -130,6 +136,9 @@ class OutputStream(io.TextIOBase):
         owner = self._owner
         if owner is not None:
             owner.outputs += 1
+        if self._to_lane is not None and (owner is None or owner.lane_id is not None):
+            self._to_lane(owner.lane_id or 0 if owner is not None else 0, self.name, text)
+            return
         self._iopub.publish("stream", {"name": self.name, "text": text}, owner.header if owner else None)
 
 

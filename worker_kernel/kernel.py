@@ -20,12 +20,14 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from itertools import count
 from typing import Any
 
 import zmq
 
-from . import __version__, debugging
+from . import __version__, debugging, lane
 from .codec import Unencodable, decode_args, decode_value, encode_value, exception_from_wire, exception_to_wire
 from .errors import CallTimeout
 from .iopub import IOPub, OutputStream, Request, current_request, flush_output
@@ -46,7 +48,7 @@ from .wire import (
 
 log = LazyLogger("worker_kernel")
 
-Handler = Callable[[Message], None]
+Handler = Callable[[Any], None]  # takes a Message, or a LaneRequest shaped like one
 
 # What a worker puts off to answer its first call sooner (importing orjson), it does once it has been quiet for
 # IDLE_MS, or at the latest DEFERRED_S after it started serving, busy or not.
@@ -85,17 +87,28 @@ class WorkerKernel:
         self.execution_count = 0
         self._sync_depth = 0  # > 0 while a synchronous call or execute runs on the main thread
         self._sync_calls: list[str] = []  # ids of the synchronous calls running, innermost last
-        self._interrupt_target: str | None = None  # the call an interrupt_request (with wb_call_id) is for
+        self._interrupt_target: str | int | None = None  # the call an interrupt_request (with wb_call_id) is for
         self.loop: Any = None  # the asyncio event loop, once an ``async def`` function is called
         self._tasks: dict[str, Any] = {}  # call id -> the asyncio task running it
         self._held: list[Message] | None = None  # requests waiting for a coroutine initial_call to finish
         self._stopping = False
-        self._waiting: dict[str, Any] = {}  # wb_broker_request id -> asyncio future, or None for a sync wait
-        self._answers: dict[str, Message] = {}
+        self._waiting: dict[Any, Any] = {}  # broker request id -> asyncio future, or None for a sync wait
+        self._answers: dict[Any, Any] = {}  # broker request id -> its answer (a Message, or a lane Frame)
         self._last_idents: list[bytes] = []
         self._stdin_peers: set[bytes] = set()
         self._fast_json = False  # the wire switches to orjson once the worker is first idle (see IDLE_MS)
         self._main_thread = threading.get_ident()
+        # the lane (see lane.py), when the broker launched this worker with one: calls, output and broker
+        # requests travel on it; the control pipe brings interrupts and shutdown to the control thread
+        self._lane_fd: int | None = None
+        self._control_fd: int | None = None
+        self._lane_reader: lane.LaneReader | None = None
+        self._lane_writer: lane.LaneWriter | None = None
+        self._lane_lock = threading.Lock()
+        self._lane_queue: deque[lane.Frame] = deque()  # frames read but not yet handled, in order
+        self._lane_requests = count(1)
+        self._lane_writing = False  # a write on the main thread is under way: an interrupt waits for its end
+        self._deferred_interrupt: tuple[str | int | None] | None = None
         self.shell_handlers: dict[str, Handler] = {
             "kernel_info_request": self._kernel_info,
             "execute_request": self._execute,
@@ -131,6 +144,9 @@ class WorkerKernel:
     def start(self) -> None:
         global running
         running = self
+        fds = lane.lane_fds(os.environ.pop(lane.ENV, None))
+        if fds is not None:
+            self._open_lane(*fds)
         self.shell = self._bind(zmq.ROUTER, "shell")
         self.stdin = self._bind(zmq.ROUTER, "stdin")
         self.stdin.router_mandatory = True
@@ -144,13 +160,16 @@ class WorkerKernel:
             self.stdin: self._drain_stdin,
             self.iopub.socket: self.iopub.take_subscriptions,
         }
+        if self._lane_fd is not None:
+            self._nested_handlers[self._lane_fd] = self._drain_lane
         for sock in self._nested_handlers:
             self._nested.register(sock, zmq.POLLIN)
         heartbeat = self._bind(zmq.REP, "hb")
         threading.Thread(target=_echo, args=(heartbeat, self.broker_timeout), name="wb-heartbeat", daemon=True).start()
         threading.Thread(target=self._serve_control, name="wb-control", daemon=True).start()
-        sys.stdout = OutputStream("stdout", self.iopub)
-        sys.stderr = OutputStream("stderr", self.iopub)
+        to_lane = self._lane_output if self._lane_fd is not None else None
+        sys.stdout = OutputStream("stdout", self.iopub, to_lane)
+        sys.stderr = OutputStream("stderr", self.iopub, to_lane)
         signal.signal(signal.SIGINT, self._on_sigint)
         self.iopub.status("starting")
 
@@ -175,6 +194,8 @@ class WorkerKernel:
             self.iopub.socket: self.iopub.take_subscriptions,
             self._wake_fd: self._drain_wake,
         }
+        if self._lane_fd is not None:
+            handlers[self._lane_fd] = self._drain_lane
         for source in handlers:
             poller.register(source, zmq.POLLIN)
         self._drain_all()
@@ -193,6 +214,8 @@ class WorkerKernel:
         loop.add_reader(self.stdin.FD, self._drain_stdin)
         loop.add_reader(self.iopub.socket.FD, self.iopub.take_subscriptions)
         loop.add_reader(self._wake_fd, self._drain_wake)
+        if self._lane_fd is not None:
+            loop.add_reader(self._lane_fd, self._drain_lane)
         loop.call_soon(self._drain_all)
         if not self._fast_json:
             self._fast_json = True
@@ -226,6 +249,8 @@ class WorkerKernel:
         self.iopub.take_subscriptions()
         self._drain_stdin()
         self._drain_shell()
+        if self._lane_fd is not None:
+            self._drain_lane()
 
     def _receive(self, sock: zmq.Socket, polled: bool = False) -> Message | None:
         """One message from ``sock`` if one is waiting; malformed or unsigned messages are dropped."""
@@ -252,8 +277,9 @@ class WorkerKernel:
         if msg is not None:
             self._handle_shell(msg)
 
-    def _handle_shell(self, msg: Message) -> None:
-        self._last_idents = msg.idents
+    def _handle_shell(self, msg: Message | LaneRequest) -> None:
+        if msg.idents:
+            self._last_idents = msg.idents
         handler = self.shell_handlers.get(msg.msg_type, self._unknown)
         try:
             handler(msg)
@@ -283,6 +309,9 @@ class WorkerKernel:
         buffers: list[Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
+        if type(request) is LaneRequest:
+            self._lane_reply(request, content, buffers or ())
+            return
         msg_type = reply_type(request.msg_type)
         try:
             _, frames = self.session.message(
@@ -312,6 +341,111 @@ class WorkerKernel:
                 "traceback": [],
             },
         )
+
+    # -- the lane ---------------------------------------------------------------------------------------------
+
+    def _open_lane(self, lane_fd: int, control_fd: int) -> None:
+        os.set_blocking(lane_fd, False)
+        self._lane_fd, self._control_fd = lane_fd, control_fd
+        self._lane_reader = lane.LaneReader(lane_fd, lane.MAX_MESSAGE_BYTES)
+        self._lane_writer = lane.LaneWriter(lane_fd)
+
+    def _drain_lane(self) -> None:
+        """Read what the lane holds, and serve it in order."""
+        assert self._lane_reader is not None
+        try:
+            self._lane_queue.extend(self._lane_reader.read())
+        except (lane.LaneClosed, lane.LaneError) as exc:  # the broker has gone (or is not the broker)
+            log.warning("the lane ended: %s; exiting", exc)
+            self._unregister_lane()
+            self._stop()
+            return
+        self._serve_lane_queue()
+
+    def _unregister_lane(self) -> None:
+        fd, self._lane_fd = self._lane_fd, None
+        if fd is None:
+            return
+        self._nested.unregister(fd)
+        self._nested_handlers.pop(fd, None)
+        if self.loop is not None:
+            self.loop.remove_reader(fd)
+
+    def _serve_lane_queue(self) -> None:
+        queue = self._lane_queue
+        while queue:
+            frame = queue.popleft()
+            msg_type = _LANE_REQUESTS.get(frame.kind)
+            if msg_type is not None:
+                self._handle_shell(LaneRequest(msg_type, frame))
+            elif frame.kind == lane.BROKER_REPLY and frame.id in self._waiting:
+                waiter = self._waiting.pop(frame.id)
+                if waiter is None:
+                    self._answers[frame.id] = frame
+                elif not waiter.done():
+                    waiter.set_result(frame)
+            else:
+                log.warning("dropped a lane frame of kind %d", frame.kind)
+
+    def _lane_send(self, parts: list[Any]) -> None:
+        """Write one frame, waiting while the lane is full. An interrupt that arrives meanwhile is held until
+        the frame is whole: a frame cut short would end the lane."""
+        writer = self._lane_writer
+        assert writer is not None
+        on_main = threading.get_ident() == self._main_thread
+        with self._lane_lock:
+            if on_main:
+                self._lane_writing = True
+            try:
+                done = writer.send(parts)
+                while not done:
+                    zmq.zmq_poll([(writer.fd, zmq.POLLOUT)], -1)
+                    done = writer.flush()
+            except lane.LaneClosed:
+                log.warning("the lane was closed; exiting")
+                self._stop()
+            finally:
+                if on_main:
+                    self._lane_writing = False
+        deferred, self._deferred_interrupt = self._deferred_interrupt, None
+        if deferred is not None and on_main:
+            self._interrupt_target = deferred[0]
+            self._on_sigint(signal.SIGINT, None)
+
+    def _lane_reply(self, request: LaneRequest, content: dict[str, Any], buffers: Any) -> None:
+        try:
+            parts = lane.encode(lane.REPLY, request.msg_id, content, buffers)
+        except (TypeError, ValueError) as exc:  # a lone surrogate, say: say so rather than leave the caller waiting
+            error = {"status": "error", **exception_to_wire(TypeError(f"the reply could not be encoded: {exc}"), [])}
+            if type(content.get("outputs")) is int:
+                error["outputs"] = content["outputs"]
+            parts = lane.encode(lane.REPLY, request.msg_id, error)
+        self._lane_send(parts)
+
+    def _lane_output(self, call_id: int, name: str, text: str) -> None:
+        try:
+            parts = lane.encode(lane.STREAM, call_id, {"name": name, "text": text})
+        except (TypeError, ValueError):
+            parts = lane.encode(lane.STREAM, call_id, {"name": name, "text": text.encode(errors="replace").decode()})
+        self._lane_send(parts)
+
+    def _read_control_pipe(self, fd: int, pending: bytearray) -> bool:
+        """Interrupts and shutdown from the broker, on the control thread; False once the pipe has closed."""
+        try:
+            data = os.read(fd, lane.CONTROL.size * 64)
+        except (BlockingIOError, InterruptedError):
+            return True
+        if not data:
+            return False
+        pending += data
+        while len(pending) >= lane.CONTROL.size:
+            kind, call_id = lane.CONTROL.unpack_from(pending)
+            del pending[: lane.CONTROL.size]
+            if kind == lane.INTERRUPT:
+                self._interrupt_call(call_id or None)
+            elif kind == lane.SHUTDOWN:
+                self._stop()
+        return True
 
     # -- wb-magic's messages ----------------------------------------------------------------------------------
 
@@ -374,7 +508,7 @@ class WorkerKernel:
         if self.runner.initial_pending and self._waits_for_initial_call(msg):
             return
         c = msg.content
-        request = Request(msg.raw_header, msg.idents)
+        request = _request(msg)
         try:
             self._take_source(c)
             if "trace" in c and self._traced(msg, request) is not None:
@@ -497,7 +631,7 @@ class WorkerKernel:
         if self.runner.initial_pending and self._waits_for_initial_call(msg):
             return
         c = msg.content
-        request = Request(msg.raw_header, msg.idents)
+        request = _request(msg)
         try:
             self._take_source(c)
             if "trace" in c:
@@ -524,7 +658,7 @@ class WorkerKernel:
         if self.runner.initial_pending and self._waits_for_initial_call(msg):
             return
         c = msg.content
-        request = Request(msg.raw_header, msg.idents)
+        request = _request(msg)
         try:
             self._take_source(c)
             if "trace" in c and self._traced(msg, request) is not None:
@@ -542,8 +676,15 @@ class WorkerKernel:
 
     # -- worker-to-worker calls, through the broker on the stdin channel --------------------------------------
 
-    def _broker_message(self, content: dict[str, Any], buffers: list[Any]) -> str:
+    def _broker_message(self, content: dict[str, Any], buffers: list[Any]) -> str | int:
         request = current_request.get()
+        if self._lane_writer is not None:  # the broker reads nothing else from a worker with a lane
+            request_id = next(self._lane_requests)
+            content["parent"] = request.lane_id if request is not None else None
+            parts = lane.encode(lane.BROKER, request_id, content, buffers)
+            self._waiting[request_id] = None
+            self._lane_send(parts)
+            return request_id
         idents = request.idents if request is not None else self._last_idents
         msg_id, frames = self.session.message(
             WB_BROKER, content, parent=request.header if request else None, buffers=buffers, idents=idents
@@ -575,6 +716,9 @@ class WorkerKernel:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while msg_id not in self._answers:
+                if self._lane_queue:  # frames read earlier (calls of a cycle, say) are served first
+                    self._serve_lane_queue()
+                    continue
                 wait = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if wait == 0.0:
                     self._waiting.pop(msg_id, None)
@@ -632,7 +776,7 @@ class WorkerKernel:
             code = str(content.get("code", ""))
             self._reply(self.shell, msg, execute(code, self.namespace, self.execution_count, publish, silent=silent))
 
-        request = Request(msg.raw_header, msg.idents)
+        request = Request(msg.raw_header, msg.idents)  # a console's: its output stays on iopub
         token = current_request.set(request)
         self._sync_depth += 1
         try:
@@ -666,10 +810,21 @@ class WorkerKernel:
     # -- the control channel (its own thread) -----------------------------------------------------------------
 
     def _serve_control(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        pipe, pending = self._control_fd, bytearray()
+        if pipe is not None:
+            poller.register(pipe, zmq.POLLIN)
         while True:
             try:
+                ready = dict(poller.poll())
+                if pipe is not None and pipe in ready and not self._read_control_pipe(pipe, pending):
+                    poller.unregister(pipe)
+                    pipe = None
+                if self.control not in ready:
+                    continue
                 frames = recv_frames(self.control)
-            except zmq.ZMQError:
+            except (zmq.ZMQError, OSError, ValueError):  # closed as the worker ends
                 return
             try:
                 msg = self.session.parse(frames or [])
@@ -688,7 +843,9 @@ class WorkerKernel:
     def _interrupt(self, msg: Message) -> None:
         """Interrupt everything running, or with ``wb_call_id`` (our extension) that one call only."""
         self._reply(self.control, msg, {"status": "ok"})
-        call_id = msg.content.get("wb_call_id")
+        self._interrupt_call(msg.content.get("wb_call_id"))
+
+    def _interrupt_call(self, call_id: str | int | None) -> None:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._cancel_tasks, call_id)
         running = self._sync_calls[-1] if self._sync_calls else None
@@ -703,6 +860,9 @@ class WorkerKernel:
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         target, self._interrupt_target = self._interrupt_target, None
+        if self._lane_writing:
+            self._deferred_interrupt = (target,)
+            return
         if self._sync_depth > 0 and (target is None or (self._sync_calls and self._sync_calls[-1] == target)):
             raise KeyboardInterrupt
         log.info("interrupt with no call running: ignored")
@@ -762,7 +922,35 @@ async def _ahook(trace: Any, runner: CallRunner, name: str, context: CallContext
     trace.end(span)
 
 
-def _answer(msg: Message) -> Any:
+class LaneRequest:
+    """A request that came on the lane, shaped as the handlers of Jupyter messages expect one."""
+
+    __slots__ = ("msg_type", "msg_id", "content", "buffers")
+    idents: list[bytes] = []
+    raw_header = None
+    header = None
+
+    def __init__(self, msg_type: str, frame: lane.Frame) -> None:
+        self.msg_type = msg_type
+        self.msg_id = frame.id
+        self.content = frame.content
+        self.buffers = frame.buffers
+
+
+def _request(msg: Message | LaneRequest) -> Request:
+    """What the output streams see of a request: a lane request's output goes back on the lane."""
+    return Request(msg.raw_header, msg.idents, msg.msg_id if type(msg) is LaneRequest else None)
+
+
+_LANE_REQUESTS = {
+    lane.CALL: "wb_call_request",
+    lane.IMPORT: "wb_import_request",
+    lane.INSPECT: "wb_inspect_request",
+    lane.DEBUG: "wb_debug_request",
+}
+
+
+def _answer(msg: Message | lane.Frame) -> Any:
     """The value of a ``wb_broker_reply``, or the exception it carries, raised."""
     content = msg.content
     if content.get("status") == "ok":
@@ -805,8 +993,10 @@ def _watch_parent() -> None:
         import select
 
         select.select([fd], [], [])
-        log.warning("the process that launched this worker has ended; exiting")
-        os._exit(0)
+        try:  # to the process's own stderr: sys.stderr may be a lane whose reader has gone with the host
+            os.write(2, b"the process that launched this worker has ended; exiting\n")
+        finally:
+            os._exit(0)
 
     threading.Thread(target=wait, name="wb-parent-watch", daemon=True).start()
 

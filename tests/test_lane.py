@@ -1,0 +1,183 @@
+"""The lane (worker_kernel/lane.py): the default link of a local worker, and as hostile as a socket.
+
+A worker's lane bytes are checked before anything is allocated for them; a malformed frame, or a lane closed by
+the worker, ends that worker only and fails its calls at once. A sandboxed worker is read through its lane alone,
+so one message of it cannot make the host hold more than the cap (issue 11, finding 6).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wb_magic import Permissions, WorkerBroker, WorkerDied, WorkerSpec
+from worker_kernel import lane
+from worker_kernel.sandbox import landlock_abi
+
+WORKERS = Path(__file__).parent / "workers"
+HELLO = WORKERS / "hello.py"
+WRITER = WORKERS / "lane_writer.py"
+FLOOD = str(WORKERS / "untrusted" / "flood.py")
+MiB = 1 << 20
+
+
+def test_local_workers_get_a_lane_unless_told_otherwise(tmp_path):
+    with WorkerBroker(call_timeout=60, warm_workers=0, worker_constructor=_spec) as broker:
+        assert broker.worker_proxy(HELLO).hello("lane") == "Hello lane"
+        assert broker.worker_for(HELLO).link.kind == "lane"
+        assert broker.worker_proxy((HELLO, "jupyter")).hello("wire") == "Hello wire"
+        assert broker.worker_for((HELLO, "jupyter")).link.kind == "jupyter"
+
+
+def _spec(module: str, segregation_id: str | None) -> WorkerSpec:
+    return WorkerSpec(lane=segregation_id != "jupyter")
+
+
+def test_a_sandboxed_worker_cannot_be_put_on_the_jupyter_channels():
+    with pytest.raises(ValueError, match="a sandboxed worker needs its lane"):
+        WorkerSpec(permissions=Permissions(), lane=False)
+    with pytest.raises(ValueError, match="a sandboxed worker needs its lane"):
+        WorkerSpec(memory_limit=1 << 30, lane=False)
+    assert WorkerSpec(permissions=Permissions()).uses_lane
+    assert not WorkerSpec(kernel_name="python3").uses_lane
+    assert not WorkerSpec(argv=("python", "my_kernel.py", "-f", "{connection_file}")).uses_lane
+
+
+def test_a_worker_that_closes_its_lane_fails_its_calls_at_once():
+    with WorkerBroker(call_timeout=600) as broker:
+        writer, honest = broker.worker_proxy(WRITER), broker.worker_proxy(HELLO)
+        assert writer.hello("first") == "Hello first"
+        with pytest.raises(WorkerDied, match="it closed its lane"):
+            writer.send_raw(b"")  # writes nothing, closes its lane and runs on: not a 600 s wait
+        assert honest.hello("unaffected") == "Hello unaffected"
+        assert writer.hello("a fresh worker") == "Hello a fresh worker"
+
+
+def test_a_frame_over_the_cap_ends_that_worker_before_it_is_read():
+    with WorkerBroker(call_timeout=600, max_message_bytes=MiB) as broker:
+        writer, honest = broker.worker_proxy(WRITER), broker.worker_proxy(HELLO)
+        header = lane.HEADER.pack(lane.REPLY, 0, 1, 2, 1) + struct.pack("<Q", 1 << 40)
+        with pytest.raises(WorkerDied, match=r"broke the lane's format \(a lane frame of 1099511627778 bytes"):
+            writer.send_raw(header + b"{}", False)
+        assert honest.hello("unaffected") == "Hello unaffected"
+
+
+def test_output_and_a_large_value_travel_on_the_lane(capsys):
+    with WorkerBroker(call_timeout=60) as broker:
+        values = broker.worker_proxy(WORKERS / "values.py")
+        big = os.urandom(3 * lane.CHUNK + 5)  # read straight into a block of its own, on both sides
+        assert values.echo(big) == big
+        honest = broker.worker_proxy(HELLO)
+        assert honest.hello("out") == "Hello out"
+
+
+# -- the reader against any bytes ---------------------------------------------------------------------------------
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> bytes:
+    """Lane bytes, mostly near the format: plausible headers with wrong fields, lengths and bodies, or noise."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=200))
+    count = draw(st.integers(0, 5) | st.sampled_from([lane.MAX_BUFFERS + 1, 0xFFFF]))
+    lengths = draw(st.lists(st.integers(0, 64) | st.sampled_from([1 << 30, 2**64 - 1]), min_size=count, max_size=count))
+    body = draw(st.sampled_from([b"{}", b"[]", b'{"status":"ok","value":1}', b"\xff", b"{"]) | st.binary(max_size=32))
+    json_length = draw(st.sampled_from([len(body), 0, 2**32 - 1]) | st.integers(0, 40))
+    header = struct.pack(
+        "<BBHIQ", draw(st.integers(0, 9)), draw(st.sampled_from([0, 0, 1])), count, json_length, draw(st.integers(0, 9))
+    )
+    return header + struct.pack(f"<{count}Q", *lengths) + body + draw(st.binary(max_size=64))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=frames())
+def test_the_reader_checks_every_length_before_allocating(data):
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    reader = lane.LaneReader(ours.fileno(), max_message_bytes=4096)
+    try:
+        theirs.sendall(data)
+        theirs.close()
+        with pytest.raises((lane.LaneError, lane.LaneClosed)):
+            while True:
+                for frame in reader.read():
+                    assert type(frame.content) is dict
+                    assert sum(len(b) for b in frame.buffers) <= 4096
+                assert reader._block is None or len(reader._block) <= 4096
+    finally:
+        ours.close()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=frames())
+def test_malformed_frames_from_a_worker_end_that_worker_only(data, lane_broker):
+    broker, honest = lane_broker
+    writer = broker.worker_proxy(WRITER)
+    with pytest.raises(WorkerDied):  # the worker closes its lane after writing, whatever the bytes say
+        writer.send_raw(data)
+    assert honest.hello("still") == "Hello still"
+
+
+@pytest.fixture(scope="module")
+def lane_broker():
+    with WorkerBroker(call_timeout=600) as broker:
+        yield broker, broker.worker_proxy(HELLO)
+
+
+# -- finding 6: the host's memory under a flood from a sandboxed worker ---------------------------------------------
+
+HOST_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    import psutil
+    from wb_magic import Permissions, WorkerBroker, WorkerDied, WorkerSpec
+
+    FLOOD = sys.argv[1]
+    spec = WorkerSpec(permissions=Permissions(read=[FLOOD]), memory_limit=512 << 20)
+    outcome = {}
+    with WorkerBroker(call_timeout=600, warm_workers=0, worker_constructor=lambda m, s: spec) as broker:
+        flood = broker.worker_proxy(FLOOD)
+        flood.hello("first")
+        outcome["link"] = broker.worker_for(FLOOD).link.kind
+        before = psutil.Process().memory_info().rss
+        outcome["zmq_multipart"] = flood.zmq_multipart()
+        outcome["lane_within_cap"] = flood.lane_within_cap()
+        try:
+            flood.lane_announce()
+        except WorkerDied as exc:
+            outcome["lane_announce"] = str(exc)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        outcome["growth"] = peak - before
+        outcome["max_message_bytes"] = broker.max_message_bytes
+    print(json.dumps(outcome))
+    """
+)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or landlock_abi() < 1, reason="needs a sandbox that confines (Landlock)"
+)
+def test_a_sandboxed_workers_flood_leaves_the_hosts_memory_within_the_bound():
+    """The red team's message (24 frames of 60 MiB) and the lane's variants, from a worker limited to 512 MB; the
+    host is a process of its own, so that its peak RSS is this attack's alone."""
+    done = subprocess.run(
+        [sys.executable, "-c", HOST_SCRIPT, FLOOD], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    print("host RSS growth under the flood:", outcome["growth"] // MiB, "MiB")
+    assert outcome["link"] == "lane"
+    assert outcome["zmq_multipart"] >= 1  # it did send: nobody on the host was connected to receive it
+    assert outcome["lane_within_cap"] == "sent"
+    assert "broke the lane's format" in outcome["lane_announce"]
+    assert outcome["growth"] <= 2 * outcome["max_message_bytes"] + 64 * MiB

@@ -1,0 +1,459 @@
+"""The broker's link to one worker: how requests reach it and how what it sends comes back, built connected.
+
+Two kinds, one interface (`Link`):
+
+- `LaneLink`: the lane (worker_kernel/lane.py), a socketpair the worker inherited at launch, plus a pipe for
+  interrupts and shutdown. The broker reads nothing else from such a worker: its Jupyter sockets stay bound for
+  a user's ``jupyter console --existing``, but the broker does not connect to them.
+- `JupyterLink`: the five Jupyter channels over ZeroMQ (shell, iopub, stdin, control, heartbeat), for workers
+  launched with ``WorkerSpec(lane=False)``, through a kernel spec, or adopted with ``attach``.
+
+A link does I/O only: it parses and checks the format of what arrives and hands calls' replies, their output and
+worker-to-worker requests to its `LinkEvents` (the broker), which keeps the policy. `ProcessWatch` is the one
+place that looks at a worker's process: a pidfd where there is one, the provisioner's ``poll()`` otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+from collections.abc import Callable, Iterator
+from itertools import count
+from typing import TYPE_CHECKING, Any, Protocol
+
+import zmq
+
+from worker_kernel import lane
+from worker_kernel.messages import LANE_KIND, WB_BROKER, BrokerRequest, Reply
+from worker_kernel.wire import Message, WireError, has_message, recv_frames, send_frames
+
+from .connection import WorkerConnection, now, pidfd
+from .launcher import process_id
+from .pump import Pump
+
+if TYPE_CHECKING:
+    from jupyter_client.manager import KernelManager
+
+    from .provisioned import ProvisionedKernel
+    from .worker import Worker
+
+log = logging.getLogger("wb_magic")
+
+MAX_DRAIN = 256  # messages taken from one socket per turn, so that one chatty worker cannot starve the rest
+DISCONNECT_GRACE = 0.5  # how long a dropped connection waits for the worker's exit before it counts as misconduct
+HEARTBEAT_INTERVAL = 0.5  # seconds between pings to a worker whose process we cannot watch
+HEARTBEAT_TIMEOUT = 3.0  # silence after which such a worker counts as dead
+EXIT_SHOWS = 0.1  # how long a closed lane waits for its process's exit to show, to report how it ended
+
+
+class LinkEvents(Protocol):
+    """What a link hands on (the broker implements it). Everything runs on the pump's leader."""
+
+    def _reply_arrived(self, worker: Worker, call_id: Any, reply: Reply | Message) -> None: ...
+
+    def _output_arrived(self, worker: Worker, call_id: Any, content: dict[str, Any]) -> None: ...
+
+    def _request_arrived(self, worker: Worker, request: BrokerRequest) -> None: ...
+
+    def _end_worker(self, worker: Worker, why: str) -> None: ...
+
+    def _discard(self, worker: Worker, why: str) -> None: ...
+
+    def _on_exit(self, worker: Worker) -> None: ...
+
+
+class ProcessWatch:
+    """A worker's process, as far as this host can see it: through a pidfd (Linux 5.3+) and the provisioner."""
+
+    def __init__(self, manager: KernelManager | ProvisionedKernel) -> None:
+        self.manager = manager
+        self.pid: int | None = process_id(manager)
+        self.fd: int | None = pidfd(self.pid)
+
+    @property
+    def _process(self) -> Any:
+        return getattr(self.manager.provisioner, "process", None)  # a local provisioner's Popen
+
+    def poll(self) -> int | None:
+        """The exit code (negative: the signal) once the process has ended; None while it runs or if unknown."""
+        process = self._process
+        return process.poll() if process is not None else None
+
+    def ended(self, wait: float = 0.0) -> bool:
+        """Whether the process has ended (waiting up to ``wait`` seconds for it to show)."""
+        if self.fd is not None:
+            return bool(select.select([self.fd], [], [], wait)[0])
+        return self.poll() is not None
+
+    def kill(self) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+
+    def wait(self, timeout: float) -> None:
+        """Wait for the process to end; kill it if it has not within ``timeout``."""
+        process = self._process
+        if process is None:
+            self.manager.shutdown_kernel(now=True)
+            return
+        try:
+            process.wait(max(0.0, timeout))
+        except Exception:
+            process.kill()
+            process.wait()
+
+    def release(self) -> None:
+        """Reap the process and free what its launch held (connection file, ports, the pidfd)."""
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+        self.poll()
+        try:
+            self.manager.cleanup_resources()
+        except Exception:
+            log.debug("cleaning up after a worker failed", exc_info=True)
+
+
+class Link:
+    """One worker's connection. Built connected; `open` hands it to the pump."""
+
+    kind = ""
+
+    def new_id(self) -> Any:
+        raise NotImplementedError
+
+    def open(self, pump: Pump, events: LinkEvents, worker: Worker) -> None:
+        raise NotImplementedError
+
+    def request(self, msg_type: str, call_id: Any, content: dict[str, Any], buffers: list[Any]) -> Any:
+        """Encode a request now (raises TypeError/ValueError if it cannot be); `send` sends it on the pump."""
+        raise NotImplementedError
+
+    def send(self, encoded: Any) -> None:
+        raise NotImplementedError
+
+    def answer(self, request: BrokerRequest, content: dict[str, Any], buffers: Any = ()) -> None:
+        """Answer a worker's broker request (on the pump). Raises TypeError/ValueError if it cannot be encoded."""
+        raise NotImplementedError
+
+    def interrupt(self, call_id: Any) -> None:
+        """Interrupt one call (or, with None, all the worker runs). On the pump."""
+        raise NotImplementedError
+
+    def request_shutdown(self) -> None:
+        raise NotImplementedError
+
+    def call_sent(self) -> None:
+        """A call has left (the Jupyter link watches a worker without a process by its heartbeat meanwhile)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class LaneLink(Link):
+    """The lane: a socketpair and a control pipe, made before launch (`LaneLink.pair`)."""
+
+    kind = "lane"
+
+    def __init__(self, max_message_bytes: int) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        control_read, control_write = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(control_write, False)
+        ours.setblocking(False)
+        self._sock = ours
+        self.fd = ours.fileno()
+        self.child_fds = (theirs.detach(), control_read)  # inherited by the worker (pass_fds), closed here after
+        self._control = control_write
+        self.reader = lane.LaneReader(self.fd, max_message_bytes)
+        self.writer = lane.LaneWriter(self.fd)
+        self._ids = count(1)
+        self._pump: Pump | None = None
+        self._events: LinkEvents | None = None
+        self._worker: Worker | None = None
+        self._writing = False
+        self.closed = False
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What tells the worker where its lane is (the descriptors keep their numbers across the launch)."""
+        return {lane.ENV: f"{self.child_fds[0]},{self.child_fds[1]}"}
+
+    def launched(self) -> None:
+        """The worker has its ends: close ours of them."""
+        for fd in self.child_fds:
+            _close(fd)
+        self.child_fds = (-1, -1)
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    def open(self, pump: Pump, events: LinkEvents, worker: Worker) -> None:
+        self._pump, self._events, self._worker = pump, events, worker
+        pump.register(self.fd, self._on_ready)
+
+    def request(self, msg_type: str, call_id: Any, content: dict[str, Any], buffers: list[Any]) -> list[Any]:
+        return lane.encode(LANE_KIND[msg_type], call_id, content, buffers)
+
+    def send(self, encoded: Any) -> None:
+        self._write(self.writer.send, encoded)
+
+    def answer(self, request: BrokerRequest, content: dict[str, Any], buffers: Any = ()) -> None:
+        self.send(lane.encode(lane.BROKER_REPLY, request.reply_to, content, buffers))
+
+    def interrupt(self, call_id: Any) -> None:
+        self._control_record(lane.INTERRUPT, call_id or 0)
+
+    def request_shutdown(self) -> None:
+        self._control_record(lane.SHUTDOWN)
+
+    def _control_record(self, kind: int, call_id: int = 0) -> None:
+        if self.closed:
+            return
+        try:
+            os.write(self._control, lane.control_record(kind, call_id))
+        except OSError:  # full (a worker that reads none of them) or closed: the process watch decides
+            pass
+
+    def _write(self, action: Callable[..., bool], *args: Any) -> None:
+        if self.closed:
+            return
+        try:
+            done = action(*args)
+        except lane.LaneClosed:
+            self._closed_by_worker()
+            return
+        if done == self._writing:  # flushed what waited, or began to wait: have the pump watch for room
+            self._writing = not done
+            assert self._pump is not None
+            self._pump.want_write(self.fd, self._writing)
+
+    def _on_ready(self) -> None:
+        if self._writing:
+            self._write(self.writer.flush)
+        if self.closed:
+            return
+        events, worker = self._events, self._worker
+        assert events is not None and worker is not None
+        try:
+            frames = self.reader.read()
+        except lane.LaneError as exc:
+            events._end_worker(worker, f"it broke the lane's format ({exc})")
+            return
+        except lane.LaneClosed:
+            self._closed_by_worker()
+            return
+        for frame in frames:
+            if worker.dead:
+                return
+            kind = frame.kind
+            if kind == lane.REPLY:
+                events._reply_arrived(worker, frame.id, Reply(frame.content, frame.buffers))
+            elif kind == lane.STREAM:
+                events._output_arrived(worker, frame.id or None, frame.content)
+            elif kind == lane.BROKER:
+                events._request_arrived(
+                    worker, BrokerRequest(frame.content, frame.buffers, frame.content.get("parent"), frame.id)
+                )
+            else:
+                events._end_worker(worker, f"it sent a lane frame of an unknown kind ({kind})")
+                return
+
+    def _closed_by_worker(self) -> None:
+        events, worker = self._events, self._worker
+        assert events is not None and worker is not None
+        if worker.process is not None and worker.process.ended(EXIT_SHOWS):
+            events._on_exit(worker)  # it crashed or exited: say how
+        else:
+            events._end_worker(worker, "it closed its lane")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._pump is not None:
+            self._pump.unregister(self.fd)
+        self._sock.close()
+        _close(self._control)
+        self.launched()  # if the launch failed, our copies of the worker's ends are still open
+
+
+class JupyterLink(Link):
+    """The Jupyter channels (`WorkerConnection`): requests on shell, output on iopub, broker requests on stdin,
+    interrupts and shutdown on control; the heartbeat for a worker whose process cannot be watched."""
+
+    kind = "jupyter"
+
+    def __init__(self, context: zmq.Context, info: dict[str, Any], identity: bytes, max_message_bytes: int) -> None:
+        self.connection = WorkerConnection(context, info, identity, max_message_bytes)
+        self.session = self.connection.session
+        self._pump: Pump | None = None
+        self._events: LinkEvents | None = None
+        self._worker: Worker | None = None
+        self.dropped = 0  # malformed or unsigned messages dropped
+        self.beating = False  # a heartbeat timer runs (for workers whose process we cannot watch)
+        self.last_beat = 0.0
+
+    def new_id(self) -> str:
+        return self.session.new_id()
+
+    def open(self, pump: Pump, events: LinkEvents, worker: Worker) -> None:
+        self._pump, self._events, self._worker = pump, events, worker
+        conn = self.connection
+        pump.register(conn.shell, self._on_shell)
+        pump.register(conn.iopub, self._on_iopub)
+        pump.register(conn.stdin, self._on_stdin)
+        pump.register(conn.control, lambda: _ignore(self._drain(conn.control)))
+        pump.register(conn.heartbeat, self._on_heartbeat)
+        pump.register(conn.shell_events, self._on_disconnect)
+
+    def request(self, msg_type: str, call_id: Any, content: dict[str, Any], buffers: list[Any]) -> list[Any]:
+        return self.session.message(msg_type, content, buffers=buffers, msg_id=call_id)[1]
+
+    def send(self, encoded: Any) -> None:
+        self._send(self.connection.shell, encoded)
+
+    def answer(self, request: BrokerRequest, content: dict[str, Any], buffers: Any = ()) -> None:
+        _, frames = self.session.message("wb_broker_reply", content, parent=request.reply_to, buffers=buffers)
+        self._send(self.connection.stdin, frames)
+
+    def interrupt(self, call_id: Any) -> None:
+        content = {"wb_call_id": call_id} if call_id is not None else {}
+        self._send(self.connection.control, self.session.message("interrupt_request", content)[1])
+
+    def request_shutdown(self) -> None:
+        self._send(self.connection.control, self.session.message("shutdown_request", {"restart": False})[1])
+
+    def call_sent(self) -> None:
+        worker = self._worker
+        if worker is None or worker.dead or self.beating:
+            return
+        if worker.process is None or worker.process.fd is None:  # no process of this host to watch
+            self.beating = True
+            self.last_beat = now()
+            self._beat()
+
+    def close(self) -> None:
+        if self._pump is not None:
+            for sock in self.connection.sockets:
+                self._pump.unregister(sock)
+        self.connection.close()
+
+    # -- on the pump ------------------------------------------------------------------------------------------
+
+    def _send(self, sock: zmq.Socket, frames: list[Any]) -> None:
+        """Send (on the pump's leader), and have the pump look at the socket again. A worker that lets its
+        queue fill up (it stopped reading) is ended: the pump must never block on one."""
+        assert self._pump is not None and self._events is not None and self._worker is not None
+        if self._worker.dead:
+            return
+        try:
+            send_frames(sock, frames, block=False)
+        except zmq.Again:
+            self._events._end_worker(self._worker, "it stopped reading what the broker sends it")
+            return
+        if has_message(sock):  # the send may have taken the descriptor's wake-up for it
+            self._pump.mark(sock)
+
+    def _receive(self, sock: zmq.Socket) -> Iterator[Message]:
+        assert self._pump is not None and self._worker is not None
+        for _ in range(MAX_DRAIN):
+            frames = recv_frames(sock, block=False)
+            if frames is None:
+                return
+            try:
+                yield self.session.parse(frames)
+            except WireError as exc:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:  # a hostile worker must not flood the log
+                    log.warning("dropped a message from worker %r (%d so far): %s", self._worker.key, self.dropped, exc)
+        self._pump.mark(sock)  # more may be waiting: come back after the others had a turn
+
+    def _on_shell(self) -> None:
+        events, worker = self._events, self._worker
+        assert events is not None and worker is not None
+        for msg in self._receive(self.connection.shell):
+            if worker.dead:
+                return
+            events._reply_arrived(worker, msg.parent_id, msg)
+
+    def _on_iopub(self) -> None:
+        events, worker = self._events, self._worker
+        assert events is not None and worker is not None
+        for msg in self._receive(self.connection.iopub):
+            if msg.msg_type == "stream":  # text only: a worker never gets to put HTML or JavaScript before the user
+                events._output_arrived(worker, msg.parent_id, msg.content)
+
+    def _on_stdin(self) -> None:
+        events, worker = self._events, self._worker
+        assert events is not None and worker is not None
+        for msg in self._receive(self.connection.stdin):
+            if msg.msg_type == WB_BROKER:
+                events._request_arrived(worker, BrokerRequest(msg.content, msg.buffers, msg.parent_id, msg.raw_header))
+            else:
+                log.debug("dropped a %s on stdin from worker %r", msg.msg_type, worker.key)
+
+    def _beat(self) -> None:
+        """Ping a worker we cannot watch as a process, while it has calls; no answer for a while means dead."""
+        events, worker, pump = self._events, self._worker, self._pump
+        assert events is not None and worker is not None and pump is not None
+        if worker.dead or not (worker.pending or worker.remote):  # a remote worker exits when our beats stop
+            self.beating = False
+            return
+        if now() - self.last_beat > HEARTBEAT_TIMEOUT:
+            events._discard(worker, f"it stopped answering heartbeats for {HEARTBEAT_TIMEOUT} s")
+            return
+        self._send(self.connection.heartbeat, [b"", b"ping"])
+        pump.at(now() + HEARTBEAT_INTERVAL, self._beat)
+
+    def _on_heartbeat(self) -> None:
+        if self._drain(self.connection.heartbeat):
+            self.last_beat = now()
+
+    def _on_disconnect(self) -> None:
+        """ZeroMQ dropped the shell connection. A worker whose process lives on sent a frame over the size cap
+        (a process that ended closes its connection too: that is for the process watch, with its exit status)."""
+        worker, pump = self._worker, self._pump
+        assert worker is not None and pump is not None
+        if not self._drain(self.connection.shell_events):
+            return  # handlers may be called with nothing to read (see Pump.mark)
+        if worker.dead or worker.process is None:
+            return  # an attached worker may reconnect after a network blip: its heartbeat decides
+        # a dying process closes its sockets a moment before it can be waited for: give its exit a moment to show
+        pump.at(now() + DISCONNECT_GRACE, self._disconnected)
+
+    def _disconnected(self) -> None:
+        events, worker = self._events, self._worker
+        assert events is not None and worker is not None
+        if worker.dead:
+            return
+        if worker.process is not None and worker.process.poll() is not None:
+            events._on_exit(worker)
+            return
+        limit = self.connection.max_message_bytes
+        events._end_worker(worker, f"it sent a message larger than {limit} bytes, and its connection was dropped")
+
+    def _drain(self, sock: zmq.Socket) -> int:
+        """Read and drop what waits on ``sock`` (MAX_DRAIN at most; the pump comes back for the rest)."""
+        for count_ in range(MAX_DRAIN):
+            if recv_frames(sock, block=False) is None:
+                return count_
+        assert self._pump is not None
+        self._pump.mark(sock)
+        return MAX_DRAIN
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _ignore(_: object) -> None:
+    return None

@@ -1,0 +1,239 @@
+"""The lane: a private byte stream between the broker and a worker it launched (a socketpair inherited at launch).
+
+It carries calls, their output, replies, and worker-to-worker requests and their answers, in order. One frame::
+
+    header (16 bytes, little-endian): kind u8, 0 u8, count u16, json length u32, id u64
+    count buffer lengths, u64 each
+    the JSON body (a JSON object), then the buffers, back to back
+
+``kind`` says what the frame is (the constants below), ``id`` which call or request it belongs to; the JSON body
+is a message's content, with values encoded by the codec, whose bytes and arrays travel as the raw buffers.
+
+A lane is as hostile as a socket: `LaneReader` checks every length against its caps before it allocates
+anything (at most `MAX_BUFFERS` buffers, and the whole frame within ``max_message_bytes``), and anything
+malformed raises `LaneError`, which ends that worker only. The reader and writer work on a file descriptor with
+``os.read``/``os.readv``/``os.writev`` alone, so a confined worker uses no system call it did not use before.
+
+Interrupts and shutdown travel the other way on a pipe of their own (``CONTROL``), which the worker's control
+thread reads while its main thread is busy: one fixed 9-byte record each (kind u8, call id u64).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from . import wire
+
+HEADER = struct.Struct("<BBHIQ")
+CONTROL = struct.Struct("<BQ")
+LENGTH = 8  # bytes per buffer length
+MAX_BUFFERS = 4096  # buffers in one frame
+MAX_MESSAGE_BYTES = 64 << 20  # the default cap on one frame (JSON and buffers together)
+CHUNK = 256 * 1024  # bytes read at a time; a frame larger than this is read straight into its own block
+MAX_READS = 64  # reads per `LaneReader.read`, so that one chatty worker cannot starve the others
+IOV_MAX = 512  # buffers given to one writev
+ENV = "WB_LANE"  # "LANE_FD,CONTROL_FD" in a worker's environment
+
+# what a frame is (host -> worker: CALL, IMPORT, INSPECT, DEBUG, BROKER_REPLY; worker -> host: REPLY, STREAM, BROKER)
+CALL, IMPORT, INSPECT, REPLY, STREAM, BROKER, BROKER_REPLY, DEBUG = range(1, 9)
+# on the control pipe (host -> worker)
+INTERRUPT, SHUTDOWN = 1, 2
+
+
+class LaneError(ValueError):
+    """A frame that breaks the lane's format or caps: the lane (and its worker) cannot be trusted any more."""
+
+
+class LaneClosed(EOFError):
+    """The other end closed the lane."""
+
+
+class Frame:
+    """One frame as read: its kind, id, JSON content (a dict) and buffers (memoryviews)."""
+
+    __slots__ = ("kind", "id", "content", "buffers")
+
+    def __init__(self, kind: int, id: int, content: dict[str, Any], buffers: list[Any]) -> None:
+        self.kind = kind
+        self.id = id
+        self.content = content
+        self.buffers = buffers
+
+    def __repr__(self) -> str:
+        return f"<lane Frame kind={self.kind} id={self.id}>"
+
+
+def encode(kind: int, id: int, content: dict[str, Any], buffers: Sequence[Any] = ()) -> list[Any]:
+    """The parts of one frame, for `LaneWriter.send`. Raises TypeError/ValueError if ``content`` is not JSON."""
+    body = wire.dumps(content)
+    if not buffers:
+        return [HEADER.pack(kind, 0, 0, len(body), id) + body]
+    views = [_view(b) for b in buffers]
+    if len(views) > MAX_BUFFERS:
+        raise ValueError(f"a message carries at most {MAX_BUFFERS} buffers, not {len(views)}")
+    lengths = struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views))
+    return [HEADER.pack(kind, 0, len(views), len(body), id) + lengths + body, *views]
+
+
+def size(parts: Sequence[Any]) -> int:
+    return sum(len(p) if type(p) is bytes else p.nbytes for p in parts)
+
+
+def _view(buffer: Any) -> memoryview:
+    view = buffer if type(buffer) is memoryview else memoryview(buffer)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+class LaneReader:
+    """Reads frames from a non-blocking descriptor, checking every length against the caps first."""
+
+    def __init__(self, fd: int, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self.fd = fd
+        self.max_message_bytes = max_message_bytes
+        self._buf = bytearray()
+        self._block: bytearray | None = None  # a large frame's body, read into place
+        self._got = 0
+        self._pending: tuple[int, int, int, list[int]] | None = None  # kind, id, json length, buffer lengths
+
+    def read(self) -> list[Frame]:
+        """The frames that are complete now (perhaps none). Raises `LaneClosed` at the end of the stream and
+        `LaneError` for a malformed frame."""
+        frames: list[Frame] = []
+        for _ in range(MAX_READS):
+            block = self._block
+            try:
+                if block is not None:
+                    n = os.readv(self.fd, [memoryview(block)[self._got :]])
+                    if n == 0:
+                        raise LaneClosed("the lane was closed in the middle of a frame")
+                    self._got += n
+                    if self._got == len(block):
+                        self._block = None
+                        frames.append(self._frame(block))
+                    continue
+                data = os.read(self.fd, CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return frames
+            except ConnectionResetError:  # closed with our data unread
+                raise LaneClosed("the lane was closed") from None
+            if not data:
+                raise LaneClosed("the lane was closed" + (" in the middle of a frame" if self._buf else ""))
+            self._buf += data
+            self._parse(frames)
+            if len(data) < CHUNK and self._block is None:
+                return frames  # the stream is drained (a short read); no need to ask again
+        return frames
+
+    def _parse(self, frames: list[Frame]) -> None:
+        buf = self._buf
+        while True:
+            if self._pending is None:
+                if len(buf) < HEADER.size:
+                    return
+                kind, zero, count, json_length, id = HEADER.unpack_from(buf)
+                if zero or not kind:
+                    raise LaneError("a lane frame's header is malformed")
+                if count > MAX_BUFFERS:
+                    raise LaneError(f"a lane frame announces {count} buffers (at most {MAX_BUFFERS})")
+                start = HEADER.size + LENGTH * count
+                if len(buf) < start:
+                    return
+                lengths = list(struct.unpack_from(f"<{count}Q", buf, HEADER.size)) if count else []
+                total = json_length + sum(lengths)
+                if total > self.max_message_bytes:
+                    raise LaneError(f"a lane frame of {total} bytes is over the cap of {self.max_message_bytes}")
+                del buf[:start]
+                self._pending = (kind, id, json_length, lengths)
+            kind, id, json_length, lengths = self._pending
+            total = json_length + sum(lengths)
+            if len(buf) >= total:
+                body = bytes(buf[:total])
+                del buf[:total]
+                frames.append(self._frame(body))
+                continue
+            if total > CHUNK:  # read the rest straight into a block of its own (its size is within the cap)
+                block = bytearray(total)
+                block[: len(buf)] = buf
+                self._got = len(buf)
+                buf.clear()
+                self._block = block
+            return
+
+    def _frame(self, body: Any) -> Frame:
+        assert self._pending is not None
+        kind, id, json_length, lengths = self._pending
+        self._pending = None
+        view = memoryview(body)
+        try:
+            content = wire.loads(body if not lengths and type(body) is bytes else bytes(view[:json_length]))
+        except (ValueError, UnicodeDecodeError, RecursionError, TypeError) as exc:
+            raise LaneError(f"a lane frame's body is not JSON: {exc}") from None
+        if type(content) is not dict:
+            raise LaneError("a lane frame's body must be a JSON object")
+        buffers = []
+        at = json_length
+        for length in lengths:
+            buffers.append(view[at : at + length])
+            at += length
+        return Frame(kind, id, content, buffers)
+
+
+class LaneWriter:
+    """Writes frames to a descriptor. What the descriptor cannot take now waits in order (`pending`) until
+    `flush`: the broker's end is non-blocking, and its pump flushes when the descriptor turns writable."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._queue: deque[Any] = deque()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._queue)
+
+    def send(self, parts: Sequence[Any]) -> bool:
+        """Queue one frame's parts and write what the descriptor takes; True if all of it has left."""
+        self._queue.extend(parts)
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Write what waits; True if nothing is left. Raises `LaneClosed` if the other end has gone."""
+        queue = self._queue
+        while queue:
+            batch = [queue[i] for i in range(min(len(queue), IOV_MAX))]
+            try:
+                written = os.writev(self.fd, batch)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                queue.clear()
+                raise LaneClosed(f"the lane was closed: {exc}") from None
+            while queue:
+                part = queue[0]
+                n = len(part) if type(part) is bytes else part.nbytes
+                if written >= n:  # an empty buffer too: writev never makes progress on one
+                    queue.popleft()
+                    written -= n
+                else:
+                    if written:
+                        queue[0] = memoryview(part)[written:] if type(part) is bytes else part[written:]
+                    break
+        return True
+
+
+def control_record(kind: int, call_id: int = 0) -> bytes:
+    return CONTROL.pack(kind, call_id)
+
+
+def lane_fds(value: str | None) -> tuple[int, int] | None:
+    """The (lane, control) descriptors named by a worker's ``WB_LANE`` variable, or None."""
+    if not value:
+        return None
+    lane, _, control = value.partition(",")
+    try:
+        return int(lane), int(control)
+    except ValueError:
+        return None
