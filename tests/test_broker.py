@@ -20,6 +20,8 @@ import pytest
 
 from wb_magic import CallTimeout, RemoteError, WorkerBroker, WorkerDied, register_marshaller
 
+pytestmark = pytest.mark.usefixtures("link_kind")  # with the lane and with the Jupyter channels
+
 
 @pytest.fixture
 def values(broker, workers_dir):

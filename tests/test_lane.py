@@ -90,13 +90,14 @@ def frames(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):
         return draw(st.binary(max_size=200))
     count = draw(st.integers(0, 5) | st.sampled_from([lane.MAX_BUFFERS + 1, 0xFFFF]))
-    lengths = draw(st.lists(st.integers(0, 64) | st.sampled_from([1 << 30, 2**64 - 1]), min_size=count, max_size=count))
+    length = st.integers(0, 64) | st.sampled_from([1 << 30, 2**64 - 1])
+    lengths = draw(st.lists(length, min_size=min(count, 5), max_size=min(count, 5)))  # a count too large: cut
     body = draw(st.sampled_from([b"{}", b"[]", b'{"status":"ok","value":1}', b"\xff", b"{"]) | st.binary(max_size=32))
     json_length = draw(st.sampled_from([len(body), 0, 2**32 - 1]) | st.integers(0, 40))
     header = struct.pack(
         "<BBHIQ", draw(st.integers(0, 9)), draw(st.sampled_from([0, 0, 1])), count, json_length, draw(st.integers(0, 9))
     )
-    return header + struct.pack(f"<{count}Q", *lengths) + body + draw(st.binary(max_size=64))
+    return header + struct.pack(f"<{len(lengths)}Q", *lengths) + body + draw(st.binary(max_size=64))
 
 
 @settings(max_examples=300, deadline=None)

@@ -11,6 +11,8 @@ import pytest
 from wb_magic import WorkerBroker, WorkerEvent, WorkerSpec
 from wb_magic.cleaner import LRUCleaner, cleaner
 
+pytestmark = pytest.mark.usefixtures("link_kind")  # with the lane and with the Jupyter channels
+
 TIMEOUT = 60
 
 

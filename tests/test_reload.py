@@ -9,6 +9,8 @@ import pytest
 
 from wb_magic import WorkerBroker, WorkerSpec
 
+pytestmark = pytest.mark.usefixtures("link_kind")  # with the lane and with the Jupyter channels
+
 
 @pytest.fixture
 def broker_writing_bytecode():

@@ -6,6 +6,8 @@ import pytest
 
 from wb_magic import CallTimeout, WorkerBroker
 
+pytestmark = pytest.mark.usefixtures("link_kind")  # with the lane and with the Jupyter channels
+
 
 @pytest.fixture
 def caller(broker, workers_dir):
