@@ -62,7 +62,7 @@ def test_a_worker_cannot_answer_another_workers_call(brokered, tmp_path):
     waiting.start()
     with open(fifo, "w", encoding="utf-8") as writer:  # opens once the patient worker is inside its call
         (call_id,) = broker.worker_for(WORKERS / "patient.py").pending
-        assert hostile.forge(call_id, "forged value") == "forged"  # a signed reply and output for that call id
+        assert hostile.forge(str(call_id), "forged value") == "forged"  # a signed reply and output for that call id
         writer.write("the real answer\n")
     waiting.join(timeout=60)
     assert result == ["the real answer"]

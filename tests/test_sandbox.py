@@ -7,6 +7,7 @@ attempts go around Python with ctypes (``ffi=True``), so what stops them is the 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import zmq
 from jupyter_core.paths import jupyter_runtime_dir
 
 from wb_magic import CallTimeout, Permissions, WorkerBroker, WorkerDied, WorkerSpec, WorkerStartError
@@ -327,12 +329,36 @@ def test_net_ports_allow_tcp_to_those_ports_only(sandbox, listener):
         other.close()
 
 
+@contextlib.contextmanager
+def _console(connection_file: str):
+    """Connect to a worker's control and heartbeat channels as ``jupyter console --existing`` does, and make a
+    round trip on each, so that the worker holds their accepted connections."""
+    from jupyter_client import BlockingKernelClient
+
+    client = BlockingKernelClient(connection_file=connection_file)
+    client.load_connection_file()
+    client.start_channels(shell=False, iopub=False, stdin=False, hb=False, control=True)
+    heartbeat = client.context.socket(zmq.REQ)
+    try:
+        heartbeat.connect(client._make_url("hb"))
+        heartbeat.send(b"ping")
+        assert heartbeat.poll(60_000) and heartbeat.recv() == b"ping"
+        client.control_channel.send(client.session.msg("kernel_info_request"))
+        assert client.get_control_msg(timeout=60)["msg_type"] == "kernel_info_reply"
+        yield
+    finally:
+        heartbeat.close(linger=0)
+        client.stop_channels()
+
+
 def test_the_sockets_a_worker_holds_do_not_reach_the_network(sandbox, listener):
     """Without net, no socket() at all; but a worker holds the listening sockets it inherited and the
     connections ZeroMQ accepted. Freed (shutdown, connect(AF_UNSPEC)) and hidden from ZeroMQ, they would connect
     with connect() (where Landlock cannot filter TCP) or TCP Fast Open, which Landlock does not see."""
     broker, attacks = sandbox(Permissions(read=[ATTACKS], ffi=True))
-    outcome = attacks.libc_reuse_inherited_sockets(listener.port)
+    assert attacks.hello("first") == "Hello first"
+    with _console(broker.worker_for(ATTACKS).connection_file):  # the broker itself uses the worker's lane
+        outcome = attacks.libc_reuse_inherited_sockets(listener.port)
     assert outcome == {
         "listening socket, connect": "EPERM", "listening socket, sendto": "EPERM",
         "listening socket, sendmsg": "EPERM", "listening socket, sendmmsg": "EPERM",

@@ -468,11 +468,13 @@ class WorkerBroker:
         output = output_for(spec.permissions)  # a sandboxed worker never gets the host's stdio
         lane = LaneLink(self.max_message_bytes) if spec.uses_lane else None
         try:
-            manager = launch(spec, module, output, lane)
+            manager = launch(spec, module, output, lane.child_fds if lane is not None else None)
         except Exception as exc:
             if lane is not None:
                 lane.close()
             raise WorkerStartError(f"could not launch a worker for {purpose}: {exc}") from exc
+        if lane is not None:
+            lane.launched()  # the worker holds its ends now
         process = ProcessWatch(manager)
         try:
             link: Link = lane or JupyterLink(

@@ -13,19 +13,17 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import KernelManager
 
+from worker_kernel import lane as lanes
 from worker_kernel.permissions import Permissions, SandboxConfig
 from worker_kernel.transport import curve_keys, is_loopback
 
 from .provisioned import ProvisionedKernel
 from .stdio import WorkerOutput
-
-if TYPE_CHECKING:
-    from .links import LaneLink
 
 log = logging.getLogger("wb_magic")
 
@@ -214,12 +212,16 @@ class _OneSpec(KernelSpecManager):
 
 
 def launch(
-    spec: WorkerSpec, module: str | None = None, output: WorkerOutput | None = None, lane: LaneLink | None = None
+    spec: WorkerSpec,
+    module: str | None = None,
+    output: WorkerOutput | None = None,
+    lane: tuple[int, int] | None = None,
 ) -> KernelManager | ProvisionedKernel:
     """Start a worker kernel; returns its manager with the kernel process running (perhaps not yet bound).
     ``module`` is the worker's target, which a sandboxed worker may read; ``output``, the pipes that take the
-    place of the host's stdin, stdout and stderr (a sandboxed worker's, `wb_magic.stdio`); ``lane``, the link
-    whose ends the worker inherits (their numbers are in its environment)."""
+    place of the host's stdin, stdout and stderr (a sandboxed worker's, `wb_magic.stdio`); ``lane``, the worker's
+    ends of its lane and control pipe (`links.LaneLink.child_fds`), which it inherits: their numbers go in its
+    environment. The caller closes its copies after the launch."""
     if spec.kernel_name:
         if spec.sandboxed:  # fail closed: a kernel spec's command (a remote launcher, say) would not confine it
             raise ValueError(
@@ -246,15 +248,13 @@ def launch(
     if output is not None:
         kwargs.update(output.child_stdio())  # jupyter_client hands them to the provisioner, and it to Popen
     if lane is not None:  # the local provisioner hands pass_fds to Popen, which keeps the descriptors' numbers
-        kwargs["env"].update(lane.environment)
-        kwargs["pass_fds"] = lane.child_fds
+        kwargs["env"][lanes.ENV] = f"{lane[0]},{lane[1]}"
+        kwargs["pass_fds"] = lane
     try:
         manager.start_kernel(**kwargs)
     finally:
         if output is not None:
             output.launched()
-        if lane is not None:
-            lane.launched()
     return manager
 
 

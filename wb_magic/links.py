@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from jupyter_client.manager import KernelManager
 
     from .provisioned import ProvisionedKernel
-    from .worker import Worker
 
 log = logging.getLogger("wb_magic")
 
@@ -48,20 +47,31 @@ HEARTBEAT_TIMEOUT = 3.0  # silence after which such a worker counts as dead
 EXIT_SHOWS = 0.1  # how long a closed lane waits for its process's exit to show, to report how it ended
 
 
+class Worker(Protocol):
+    """What a link knows of the worker it serves (`wb_magic.worker.Worker`)."""
+
+    key: Any
+    dead: bool
+    remote: bool
+    pending: dict[Any, Any]
+    process: ProcessWatch | None
+
+
 class LinkEvents(Protocol):
-    """What a link hands on (the broker implements it). Everything runs on the pump's leader."""
+    """What a link hands on (the broker implements it), about the worker it serves. Everything runs on the
+    pump's leader."""
 
-    def _reply_arrived(self, worker: Worker, call_id: Any, reply: Reply | Message) -> None: ...
+    def _reply_arrived(self, worker: Any, call_id: Any, reply: Reply | Message) -> None: ...
 
-    def _output_arrived(self, worker: Worker, call_id: Any, content: dict[str, Any]) -> None: ...
+    def _output_arrived(self, worker: Any, call_id: Any, content: dict[str, Any]) -> None: ...
 
-    def _request_arrived(self, worker: Worker, request: BrokerRequest) -> None: ...
+    def _request_arrived(self, worker: Any, request: BrokerRequest) -> None: ...
 
-    def _end_worker(self, worker: Worker, why: str) -> None: ...
+    def _end_worker(self, worker: Any, why: str) -> None: ...
 
-    def _discard(self, worker: Worker, why: str) -> None: ...
+    def _discard(self, worker: Any, why: str) -> None: ...
 
-    def _on_exit(self, worker: Worker) -> None: ...
+    def _on_exit(self, worker: Any) -> None: ...
 
 
 class ProcessWatch:
@@ -177,11 +187,6 @@ class LaneLink(Link):
         self._worker: Worker | None = None
         self._writing = False
         self.closed = False
-
-    @property
-    def environment(self) -> dict[str, str]:
-        """What tells the worker where its lane is (the descriptors keep their numbers across the launch)."""
-        return {lane.ENV: f"{self.child_fds[0]},{self.child_fds[1]}"}
 
     def launched(self) -> None:
         """The worker has its ends: close ours of them."""
