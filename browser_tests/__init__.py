@@ -1,0 +1,1 @@
+"""Browser tests: the notebooks in a real JupyterLab, driven by Playwright on Chromium (make browser-test)."""
