@@ -14,7 +14,8 @@ RUN_TIMEOUT = 300_000  # ms: a whole notebook
 
 @dataclass
 class Output:
-    """One rendered output of a cell: its text as the browser shows it, and what kind it is."""
+    """One rendered output of a cell: its text as the browser shows it (all of the text of HTML), and what kind
+    it is."""
 
     text: str
     mime: str
@@ -39,7 +40,8 @@ mayRaise => {
   const last = ran.lastIndexOf(true);
   if (last < 0 || mayRaise.includes(last) || ran.slice(last + 1).some(r => r)) return false;
   const failed = [...cells[last].querySelectorAll('.jp-OutputArea-output')]
-    .some(o => o.getAttribute('data-mime-type') === 'application/vnd.jupyter.stderr' && /Error|Exception|Interrupt/.test(o.innerText));
+    .some(o => o.getAttribute('data-mime-type') === 'application/vnd.jupyter.stderr'
+      && /Error|Exception|Interrupt/.test(o.innerText));
   return failed ? 'stopped' : false;
 }
 """
@@ -64,7 +66,7 @@ OUTPUTS = """
 cell => [...cell.querySelectorAll(':scope .jp-OutputArea-child')].map(child => {
   const out = child.querySelector('.jp-OutputArea-output');
   return {
-    text: out ? out.innerText : '',
+    text: out ? (out.getAttribute('data-mime-type') === 'text/html' ? out.textContent : out.innerText) : '',
     mime: out ? (out.getAttribute('data-mime-type') || '') : '',
     is_error: !!out && out.getAttribute('data-mime-type') === 'application/vnd.jupyter.stderr'
       && /Traceback|Error|Exception|Interrupt/.test(out.innerText),

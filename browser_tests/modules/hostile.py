@@ -6,7 +6,10 @@ PAYLOAD = '<b>bold</b><script>window.wbInjected = "script"</script><img src="x" 
 
 
 def shout(text: str, times: int = 2) -> str:
-    """Repeat TEXT, louder. <script>window.wbInjected = "docstring"</script><img src="x" onerror="window.wbInjected = 1">"""
+    """Repeat TEXT, louder.
+
+    <script>window.wbInjected = "docstring"</script><img src="x" onerror="window.wbInjected = 1">
+    """
     return " ".join([text.upper()] * times)
 
 
