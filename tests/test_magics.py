@@ -346,6 +346,18 @@ def test_the_workers_table_in_html_escapes_everything(ip, workers_dir):
     assert [row.state for row in table] == ["idle"]
 
 
+def test_the_workers_table_in_html_aligns_text_left_and_numbers_right(ip, workers_dir):
+    """Every cell says its alignment: JupyterLab's stylesheet right-aligns the cells of a table that do not."""
+    ok(ip, f"%wb_proxy {workers_dir / 'hello.py'} aligned")
+    ok(ip, "aligned.hello('x')")
+    page = WorkerTable.of(wb_magic.get_broker().workers)._repr_html_()
+    cells = re.findall(r'<t[hd](?: class="(wb-[\w-]+)")? style="text-align: (\w+)">([^<]*)</t[hd]>', page)
+    assert len(cells) == 2 * 8 == len(re.findall(r"<t[hd][ >]", page)), page
+    aligned = {(cls or text): side for cls, side, text in cells}
+    assert aligned["module"] == aligned["wb-module"] == aligned["wb-key"] == aligned["wb-state"] == "left"
+    assert aligned["pid"] == aligned["wb-pid"] == aligned["wb-memory"] == aligned["wb-calls"] == "right"
+
+
 def test_wb_shutdown(ip, workers_dir, monkeypatch):
     monkeypatch.chdir(workers_dir)
     ok(ip, "%wb_proxy counter.py")

@@ -499,15 +499,19 @@ class WorkerTable:
     def _repr_html_(self) -> str:
         if not self.rows:
             return "<p><em>no live workers</em></p>"
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in _COLUMNS)
+        # every cell says how it is aligned: JupyterLab's stylesheet right-aligns table cells that do not
+        head = "".join(f'<th style="{_align(c)}">{html.escape(c)}</th>' for c in _COLUMNS)
         body = []
         for row in self.rows:
             tds = []
             for name, value in zip(_COLUMNS, row.cells(), strict=True):
-                style = ' style="text-align: right"' if name in _NUMERIC else ""
-                tds.append(f'<td class="wb-{name.replace(" ", "-")}"{style}>{html.escape(value)}</td>')
+                tds.append(f'<td class="wb-{name.replace(" ", "-")}" style="{_align(name)}">{html.escape(value)}</td>')
             body.append(f"<tr>{''.join(tds)}</tr>")
         return f'<table class="wb-workers"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _align(column: str) -> str:
+    return "text-align: right" if column in _NUMERIC else "text-align: left"
 
 
 def _row(info: WorkerInfo, label: Any) -> WorkerRow:
