@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # `make test OTHER_PYTHONS=` runs the default Python only.
 OTHER_PYTHONS ?= 3.10.13 3.13.0
 
-.PHONY: demo demo-otel tour test test-default lint bench clean $(addprefix test-,$(OTHER_PYTHONS))
+.PHONY: demo demo-otel tour test test-default lint bench clean $(addprefix test-,$(OTHER_PYTHONS)) browser-test screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,8 @@ tour: $(STAMP)
 	$(BIN)/python -m examples.tour
 
 lint: $(STAMP)
-	$(BIN)/ruff check wb_magic worker_kernel tests examples benchmarks
-	$(BIN)/ruff format --check wb_magic worker_kernel tests examples benchmarks
+	$(BIN)/ruff check wb_magic worker_kernel tests examples benchmarks browser_tests
+	$(BIN)/ruff format --check wb_magic worker_kernel tests examples benchmarks browser_tests
 	$(BIN)/mypy
 
 NBVAL := --nbval --nbval-current-env notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
@@ -64,6 +64,27 @@ $(addprefix test-,$(OTHER_PYTHONS)): test-%: .venv-%/.installed
 	env -u PYTHONDONTWRITEBYTECODE .venv-$*/bin/python -m pytest -p no:cacheprovider
 	env -u PYTHONDONTWRITEBYTECODE .venv-$*/bin/python -m pytest $(NBVAL)
 
+BROWSER_STAMP := $(VENV)/.installed-browser
+
+$(BROWSER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,browser]'
+	touch $(BROWSER_STAMP)
+
+# the teaching notebooks in a real JupyterLab, driven by Playwright on Debian's Chromium (installed when missing,
+# as root); screenshots go to $(SCREENSHOTS), which is not tracked
+SCREENSHOTS ?= build/browser-screenshots
+
+browser-test: $(BROWSER_STAMP)
+	sh browser_tests/install_chromium.sh
+	env -u PYTHONDONTWRITEBYTECODE WB_SCREENSHOTS=$(SCREENSHOTS) $(BIN)/python -m pytest browser_tests -p no:cacheprovider --timeout 900
+
+# a few of the browser test's screenshots, for docs/notebooks.md
+SHOWN := 01_hello-workers-table 05_failures-remote-traceback interrupt completion inspector 06_tracing-waterfall-2
+
+screenshots: browser-test
+	mkdir -p docs/screenshots
+	for name in $(SHOWN); do cp $(SCREENSHOTS)/$$name.png docs/screenshots/; done
+
 # the benchmark suite beside its peers (the bench extra); writes docs/benchmarks.{md,json,png}
 # (with bytecode caching on, as users have it: a worker compiling its modules at every start is not what we measure)
 bench: $(STAMP)
@@ -72,4 +93,4 @@ bench: $(STAMP)
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m benchmarks.run --out docs
 
 clean:
-	rm -rf $(VENV) $(addprefix .venv-,$(OTHER_PYTHONS)) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(addprefix .venv-,$(OTHER_PYTHONS)) .pytest_cache .mypy_cache .ruff_cache build

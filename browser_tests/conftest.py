@@ -21,6 +21,7 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -53,6 +54,11 @@ SETTINGS = {
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "browser: drives JupyterLab in Chromium")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SCREENSHOTS.is_dir():
+        terminalreporter.write_line(f"browser test screenshots: {SCREENSHOTS.resolve()}")
 
 
 @pytest.fixture(scope="session")
@@ -180,12 +186,14 @@ class Server:
                 + "\n".join(self.log[-40:])
             )
 
-    def api(self, method: str, path: str) -> None:
+    def api(self, method: str, path: str) -> Any:
+        """A call to the server's REST API; its JSON answer (None when it has none)."""
         request = urllib.request.Request(
             f"{self.base}{path}", method=method, headers={"Authorization": f"token {self.token}"}
         )
         with urllib.request.urlopen(request, timeout=30) as response:
-            response.read()
+            body = response.read()
+        return json.loads(body) if body else None
 
     def stop(self) -> None:
         """Shut the kernels and the server down through the API, then make sure the process group is gone."""
@@ -271,3 +279,18 @@ def _cmdline(proc: psutil.Process) -> list[str]:
 @pytest.fixture(scope="session")
 def lab(server: Server, browser_context, screenshots: Path) -> Lab:
     return Lab(browser_context, server.base, server.token, screenshots)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """A failed test (or its set-up) leaves a screenshot of the page, FAILED-<test>.png, beside the others."""
+    report = yield
+    if report.failed and report.when in ("setup", "call"):
+        session_lab = getattr(item, "funcargs", {}).get("lab") or getattr(item, "funcargs", {}).get("scratch")
+        if isinstance(session_lab, Lab):
+            name = "FAILED-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in item.name)
+            try:
+                session_lab.screenshot(name)
+            except Exception:
+                pass
+    return report

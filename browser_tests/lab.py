@@ -93,9 +93,13 @@ class Lab:
     # opening and running
 
     def open(self, name: str) -> Any:
-        """Open a notebook (a path relative to the served folder) and wait until its kernel is idle."""
+        """Open a notebook (a path relative to the served folder) and wait until its kernel is idle.
+
+        The page is loaded afresh with an empty workspace (``reset``): the lab would otherwise reopen the
+        documents of the last page that it saved the workspace of.
+        """
         page = self.page
-        page.goto(f"{self.base}/lab/tree/{quote(name)}?token={self.token}", timeout=TIMEOUT)
+        page.goto(f"{self.base}/lab/tree/{quote(name)}?reset&token={self.token}", timeout=TIMEOUT)
         panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
         panel.locator(".jp-Notebook .jp-Cell").first.wait_for(state="visible")
         self.wait_idle()
@@ -155,12 +159,17 @@ class Lab:
         if not before:
             return
         self.menu("File", "Close and Shut Down Notebook")
-        while True:
-            state = self.page.wait_for_function(CLOSED_OR_DIALOG, arg=before).json_value()
-            if state == "closed":
-                return
+        while self.page.wait_for_function(CLOSED_OR_DIALOG, arg=before).json_value() != "closed":
             self.page.locator(".jp-Dialog .jp-mod-accept").first.click()
             self.page.locator(".jp-Dialog").wait_for(state="detached")
+        left = self.api("/api/sessions")
+        assert not left, f"kernels still running after Close and Shut Down Notebook: {[s['path'] for s in left]}"
+
+    def api(self, path: str) -> Any:
+        """GET from the server's REST API, as the page does (with the token)."""
+        response = self.page.request.get(f"{self.base}{path}", headers={"Authorization": f"token {self.token}"})
+        assert response.ok, f"{path}: {response.status}"
+        return response.json()
 
     # one cell at a time
 

@@ -15,6 +15,7 @@ from .lab import Lab, Output
 TEACHING = sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 RULES = sanitizers(NOTEBOOKS / "sanitize.cfg")
 REMOTE_FRAME = re.compile(r"^(File \S+\.py:\d+|Cell %%wb_module \w+, line \d+), in \w+\n-+> \d+ \S", re.MULTILINE)
+# the columns of %wb_workers: at least these, in this order
 WORKERS_COLUMNS = ["key", "module", "segregation id", "pid", "state", "calls", "last used", "memory"]
 
 
@@ -100,16 +101,20 @@ def _compare(cell: Cell, outputs: list[Output]) -> list[str]:
 def _check_workers_table(lab: Lab, cell_locator: Any, name: str, cell: Cell) -> None:
     table = cell_locator.locator(".jp-OutputArea-output table.wb-workers")
     assert table.count() == 1, f"{name}: {cell.describe()} shows no workers table"
-    assert table.locator("th").all_inner_texts() == WORKERS_COLUMNS
+    headers = table.locator("th").all_inner_texts()
+    assert [h for h in headers if h in WORKERS_COLUMNS] == WORKERS_COLUMNS, headers
     rows = table.locator("tbody tr")
     assert rows.count() >= 1, f"{name}: the workers table has no rows"
     for i in range(rows.count()):
         row = rows.nth(i)
-        assert row.locator("td").count() == len(WORKERS_COLUMNS)
+        assert row.locator("td").count() == len(headers)
         assert row.locator("td.wb-pid").inner_text().strip().isdigit()
         assert row.locator("td.wb-module").inner_text().strip().endswith(".py") or row.locator(
             "td.wb-module"
         ).inner_text().startswith("%%wb_module")
+    for column in ("key", "module", "state"):  # text reads from the left, numbers line up on the right
+        assert table.locator(f"td.wb-{column}").first.evaluate("e => getComputedStyle(e).textAlign") == "left"
+    assert table.locator("td.wb-pid").first.evaluate("e => getComputedStyle(e).textAlign") == "right"
     lab.screenshot(f"{Path(name).stem}-workers-table", cell_locator)
 
 

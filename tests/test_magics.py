@@ -17,7 +17,7 @@ from IPython.utils.capture import capture_output
 
 import wb_magic
 from wb_magic import CallTimeout, RemoteError, WorkerBrokerError, WorkerDied
-from wb_magic.magics import WorkerBrokerMagics, WorkerTable
+from wb_magic.magics import _COLUMNS, WorkerBrokerMagics, WorkerTable
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -352,7 +352,7 @@ def test_the_workers_table_in_html_aligns_text_left_and_numbers_right(ip, worker
     ok(ip, "aligned.hello('x')")
     page = WorkerTable.of(wb_magic.get_broker().workers)._repr_html_()
     cells = re.findall(r'<t[hd](?: class="(wb-[\w-]+)")? style="text-align: (\w+)">([^<]*)</t[hd]>', page)
-    assert len(cells) == 2 * 8 == len(re.findall(r"<t[hd][ >]", page)), page
+    assert len(cells) == 2 * len(_COLUMNS) == len(re.findall(r"<t[hd][ >]", page)), page
     aligned = {(cls or text): side for cls, side, text in cells}
     assert aligned["module"] == aligned["wb-module"] == aligned["wb-key"] == aligned["wb-state"] == "left"
     assert aligned["pid"] == aligned["wb-pid"] == aligned["wb-memory"] == aligned["wb-calls"] == "right"
