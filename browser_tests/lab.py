@@ -114,6 +114,19 @@ class Lab:
         (target or self.page).screenshot(path=str(path))
         return path
 
+    def screenshot_around(self, name: str, *targets: Any, pad: int = 12) -> Path:
+        """A screenshot of the part of the page that holds all the targets (a cell and its pop-up, say)."""
+        boxes = [box for box in (t.bounding_box() for t in targets) if box]
+        assert boxes, f"nothing to take a screenshot of for {name}"
+        left = max(0, min(b["x"] for b in boxes) - pad)
+        top = max(0, min(b["y"] for b in boxes) - pad)
+        right = max(b["x"] + b["width"] for b in boxes) + pad
+        bottom = max(b["y"] + b["height"] for b in boxes) + pad
+        path = self.screenshots / f"{name}.png"
+        clip = {"x": left, "y": top, "width": right - left, "height": bottom - top}
+        self.page.screenshot(path=str(path), clip=clip)
+        return path
+
     def hide_sidebar(self) -> None:
         """Collapse the left sidebar (the file browser), for wider screenshots."""
         tab = self.page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current")

@@ -113,7 +113,7 @@ def test_tab_completion_lists_the_remote_functions(scratch: Lab) -> None:
     completer.locator(".jp-Completer-item").first.wait_for()
     items = [text.strip() for text in completer.locator(".jp-Completer-item .jp-Completer-match").all_inner_texts()]
     assert {"shout", "spin", "process_id", "fail", "echo"} <= set(items), items
-    lab.screenshot("completion", lab.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)"))
+    lab.screenshot_around("completion", lab.code_cells().nth(7), completer)
     lab.page.keyboard.press("Escape")
     completer.wait_for(state="detached")
 
@@ -127,7 +127,7 @@ def test_the_inspector_shows_the_remote_signature_and_docstring(scratch: Lab) ->
     text = tooltip.inner_text()
     assert re.search(r"Signature:\s*hostile\.shout\(text: str, times: int = 2\) -> str", text), text
     assert "Repeat TEXT, louder." in text and '<script>window.wbInjected = "docstring"</script>' in text, text
-    lab.screenshot("inspector", lab.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)"))
+    lab.screenshot_around("inspector", lab.code_cells().nth(7), tooltip)
     _assert_nothing_injected(lab)
     lab.page.keyboard.press("Escape")
     tooltip.wait_for(state="detached")
