@@ -396,9 +396,9 @@ def test_wb_module_cells_run_on_a_remote_worker_and_a_rerun_cell_reloads_there(r
     import wb_magic
 
     host = remote_env
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the cells' folder: one the test host cannot see
-    globalipapp.start_ipython()
+    globalipapp.start_ipython()  # first: its history file goes in the usual temporary folder
     shell = globalipapp.get_ipython()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the cells' folder: one the test host cannot see
     shell.run_line_magic("load_ext", "wb_magic")
     try:
         wb_magic.get_broker().worker_constructor = lambda module, sid: REMOTE
