@@ -69,7 +69,7 @@ def test_no_module_imports_one_that_imports_it_back():
     graph = imports()
     assert "worker_kernel.execute" in graph and "worker_kernel.kernel" in graph
     found = cycles(graph)
-    # the broker and its cleaner still know each other; the broker's rewrite into per-worker links ends it
+    # the one cycle left: the cleaner names the broker's type (for type checking only) and the broker the cleaner's
     assert [group for group in found if group != {"wb_magic.broker", "wb_magic.cleaner"}] == []
 
 
