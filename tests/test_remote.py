@@ -3,6 +3,7 @@ by hand in it (tests/remote_host.py), and workers there reached over the veth pa
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -14,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import zmq
 from jupyter_client.connect import write_connection_file
@@ -22,7 +24,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from wb_magic import CallTimeout, Permissions, WorkerBroker, WorkerDied, WorkerSpec, WorkerStartError
 from wb_magic.cleaner import LRUCleaner
-from wb_magic.kernelspec import remote_kernel_spec
+from wb_magic.kernelspec import main, remote_kernel_spec
 from worker_kernel.wire import Session
 
 TESTS = Path(__file__).parent
@@ -412,3 +414,47 @@ def test_wb_module_cells_run_on_a_remote_worker_and_a_rerun_cell_reloads_there(r
     finally:
         shell.run_line_magic("unload_ext", "wb_magic")
     assert wait_gone({pid}) == set()
+
+
+def test_the_kernel_spec_installer_writes_wb_remote(tmp_path):
+    main(["--remote-hosts", "node1, node2", "--python", "/opt/venv/bin/python", "--prefix", str(tmp_path)])
+    spec = json.loads((tmp_path / "share" / "jupyter" / "kernels" / "wb-remote" / "kernel.json").read_text())
+    assert spec["argv"][:3] == ["/opt/venv/bin/python", "-m", "worker_kernel.launcher"]
+    assert "{response_address}" in spec["argv"] and "{public_key}" in spec["argv"]
+    provisioner = spec["metadata"]["kernel_provisioner"]
+    assert provisioner["provisioner_name"] == "distributed-provisioner"
+    assert provisioner["config"]["remote_hosts"] == ["node1", "node2"]
+    with pytest.raises(ValueError, match="must not contain spaces"):
+        remote_kernel_spec(["node1"], "/opt/my venv/bin/python")
+
+
+def _public_key() -> str:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
+    return base64.b64encode(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).decode()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--port-range", "5..6"], "is not within 1024..65535"),
+        (["--port-range", "lots"], "must be LOW..HIGH"),
+        ([], "Connection refused"),  # nobody at the response address: the worker it started is ended
+    ],
+)
+def test_the_launcher_fails_clearly_and_leaves_no_worker(tmp_path, extra, expected):
+    command = [sys.executable, "-m", "worker_kernel.launcher", "--kernel-id", "k1", "--public-key", _public_key()]
+    command += ["--response-address", "127.0.0.1:1", "--ip", "127.0.0.1", *extra]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where it puts the worker's connection file
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _, err = launcher.communicate(timeout=WAIT)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode != 0 and expected in err
+    assert list(tmp_path.iterdir()) == []  # its folder is gone, and no worker runs from it:
+    assert [p.pid for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])] == []
