@@ -41,7 +41,7 @@ from wb_magic import CallTimeout, Permissions, WorkerBroker, WorkerBrokerError, 
 from wb_magic.cleaner import cleaner
 from wb_magic.errors import WorkerStartError
 
-from .lib.web import Response  # registers the response marshaller in the host
+from .lib.web import HTTPError, Response  # registers their marshallers in the host
 from .upstream import Upstream
 
 APP_DIR = Path(__file__).resolve().parent
@@ -50,6 +50,7 @@ UNTRUSTED_DIR = APP_DIR / "workers" / "untrusted"
 TRUSTED_DIR = APP_DIR / "workers" / "trusted"
 HANDLER = TRUSTED_DIR / "handler.py"
 FETCH_PROXY = TRUSTED_DIR / "fetch_proxy.py"
+UNTRUSTED_HOOKS = APP_DIR / "untrusted_worker.py"  # the untrusted workers' set-up (fetch) and timing logs
 UPSTREAM_ENV = "WB_APP_UPSTREAM"  # where fetch_proxy may fetch from
 
 HANDLER_TIMEOUT = 45.0  # the handler gives untrusted calls 30 s, and answers 504 itself when they take longer
@@ -62,19 +63,23 @@ IDLE_TIMEOUT = 600.0
 DEFAULT_PORT = 8000
 TRY = (
     "/hello/world",
-    "/echo/echo?greeting=hi&n=1",
+    "/fetch_example",
     "/test1/ok",
     "/test1/forbidden",
     "/test1/redirect",
     "/test1/error",
+    "/test1/echo?greeting=hi&n=1",
+    "/test1/proxy?url=/joke",
     "/test1/state",
     "/test1/state?set=foo",
     "/test2/state",
-    "/test1/global?set=bar",
+    "/test2/global",
+    "/test2/global?set=bar",
     "/test1/state?id=alice",
     "/test1",
-    "/fetch_example/joke",
-    "/console/log?hello=world",
+    "/console/log",
+    "/stateful/set_state?value=kept",
+    "/stateful/get_state",
     "/longpoll/wait",
     "/longpoll/release",
     "/test1/nope",
@@ -96,6 +101,7 @@ def untrusted_spec(module: str, enforce: str = "strict") -> WorkerSpec:
     return WorkerSpec(
         permissions=Permissions(read=(module, str(LIB_DIR))),
         env={"PYTHONPATH": str(LIB_DIR)},
+        hooks=str(UNTRUSTED_HOOKS),
         memory_limit=MEMORY_LIMIT,
         cpu_seconds=CPU_SECONDS,
         enforce=enforce,
@@ -147,8 +153,18 @@ def untrusted_module(name: str) -> Path | None:
 
 # -- values to HTTP ---------------------------------------------------------------------------------------------
 
-# headers about one hop's connection, which the server sets itself
-_HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"upgrade", b"te", b"trailer"}
+# headers about one hop's connection, and the ones the server sets itself (one `server`, one `date`)
+_HOP_BY_HOP = {
+    b"connection",
+    b"keep-alive",
+    b"transfer-encoding",
+    b"content-length",
+    b"upgrade",
+    b"te",
+    b"trailer",
+    b"server",
+    b"date",
+}
 
 
 def to_http(value: Any) -> HTTPResponse:
@@ -199,6 +215,8 @@ def create_app(broker: WorkerBroker) -> Starlette:
         buster = str(time.time_ns())
         try:
             await broker.aworker_import(path, buster, timeout=RELOAD_TIMEOUT)
+        except HTTPError as error:  # the module raised a response as it was imported (fetch_example does)
+            return to_http(error.response)
         except (WorkerDied, WorkerStartError) as exc:
             log.warning("reloading %s: %s", name, exc)
             return PlainTextResponse(f"The worker of {name!r} died", status_code=502)
@@ -246,6 +264,26 @@ def _remote_trace(exc: BaseException) -> str:
 # -- running it -------------------------------------------------------------------------------------------------
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host``:``port``, to hand to uvicorn (``sockets=``) before it starts.
+
+    Made with ``IPPROTO_TCP`` as its protocol, as asyncio's own listening sockets are: asyncio turns Nagle's
+    algorithm off (``TCP_NODELAY``) only on connections of such a socket, and ``socket.create_server`` leaves the
+    protocol 0. Without it every answer on a kept-alive connection waits for the client's delayed ACK (some 40
+    ms). The listening socket has ``TCP_NODELAY`` too, which Linux passes on to the connections it accepts.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(socket.SOMAXCONN)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m examples.app``: serve the app on http://127.0.0.1:8000 (localhost only) until interrupted."""
     import uvicorn
@@ -270,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # SIGTERM ends the server as Ctrl-C does, so that the workers are shut down on the way out
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
-    sock = socket.create_server(("127.0.0.1", args.port))  # listening from here on: connections queue
+    sock = listening_socket("127.0.0.1", args.port)  # listening from here on: connections queue
     port = sock.getsockname()[1]
     upstream = Upstream()
     broker = make_broker(upstream.url, args.enforce)

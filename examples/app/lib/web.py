@@ -1,29 +1,30 @@
-"""HTTP responses as values that cross the worker boundary: `Response`, `HTTPError` and `@endpoint`.
+"""HTTP responses as values that cross the worker boundary: `Response` and `HTTPError`, and `fetch`.
 
 A module function of the example app answers a request by returning a value:
 
 - a `Response` is served as it is (status, headers, body);
 - ``None`` is served as ``204 No Content``, a ``str`` as ``text/plain``, anything else as JSON.
 
-To answer from deep inside the code, raise ``HTTPError(403)`` (or ``HTTPError(Response(...))``) in a function
-decorated with `@endpoint`: the decorator turns the exception into its response in the worker itself, so
-that the handler in between sees a plain returned value. (An exception type registered with
-`register_marshaller` would cross as itself too; `HTTPError` is not, and needs no marshaller this way.)
+To answer from deep inside the code, raise ``HTTPError(403)`` (or ``HTTPError(Response(...))``), as the seed's
+modules throw a ``Response``: `HTTPError` is registered with the codec, so it crosses as itself to the trusted
+handler, which serves its response.
 
-The marshaller is registered on import, under one tag, in every process that imports this module: the host,
-the trusted handler that relays the value, and the untrusted module that makes it. A `Response` arriving from
-a worker is rebuilt only from checked plain data: an int status, a list of string pairs, bytes.
+`fetch(url, headers=None, method="GET")` is the untrusted modules' only way to the network: the entry hooks of
+their workers (examples/app/untrusted_worker.py) point it at the trusted fetch proxy before a module is imported,
+as the seed's ``initialCall`` replaces ``globalThis.fetch``.
+
+The marshallers are registered on import, under one tag each, in every process that imports this module: the
+host, the trusted handler that relays the value, and the untrusted module that makes it. A `Response` arriving
+from a worker is rebuilt only from checked plain data: an int status, a list of string pairs, bytes.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any
 
 from worker_kernel.codec import register_marshaller
 
@@ -105,8 +106,8 @@ class Response:
 
 
 class HTTPError(Exception):
-    """Raise in an `@endpoint` to answer with a response: ``HTTPError(404)``, ``HTTPError(403, "No")``,
-    ``HTTPError(Response(...))``. The body defaults to the status's reason phrase."""
+    """Raise to answer with a response: ``HTTPError(404)``, ``HTTPError(403, "No")``, ``HTTPError(Response(...))``.
+    The body defaults to the status's reason phrase."""
 
     def __init__(self, status: int | Response, body: str | bytes | None = None, headers: HeadersLike | None = None):
         if isinstance(status, Response):
@@ -122,30 +123,20 @@ class HTTPError(Exception):
         self.response = response
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+_fetch: Callable[..., Response] | None = None
 
 
-def endpoint(fn: F) -> F:
-    """Let ``fn`` raise `HTTPError`: the decorated function returns the error's response instead."""
-    if inspect.iscoroutinefunction(fn):
+def fetch(url: str, headers: Mapping[str, str] | None = None, method: str = "GET") -> Response:
+    """Fetch ``url`` through the trusted fetch proxy (a relative URL is resolved against its upstream)."""
+    if _fetch is None:
+        raise RuntimeError("fetch() works in the example app's untrusted workers, set up by their entry hooks")
+    return _fetch(url, dict(headers or {}), method)
 
-        @functools.wraps(fn)
-        async def run_async(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await fn(*args, **kwargs)
-            except HTTPError as error:
-                return error.response
 
-        return run_async  # type: ignore[return-value]
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except HTTPError as error:
-            return error.response
-
-    return run  # type: ignore[return-value]
+def use_fetch(function: Callable[..., Response]) -> None:
+    """Where `fetch` sends its requests: the entry hooks' ``initial_call`` sets it, once, in each worker."""
+    global _fetch
+    _fetch = function
 
 
 def _encode(response: Response) -> list[Any]:
@@ -162,4 +153,9 @@ def _decode(payload: Any) -> Response:
     return Response(bytes(body), status, [tuple(pair) if isinstance(pair, list) else pair for pair in headers])
 
 
+def _decode_error(payload: Any) -> HTTPError:
+    return HTTPError(_decode(payload))
+
+
 register_marshaller(TAG, Response, _encode, _decode)
+register_marshaller(TAG + ".error", HTTPError, lambda error: _encode(error.response), _decode_error)

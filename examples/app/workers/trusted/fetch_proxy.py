@@ -1,9 +1,10 @@
 """The trusted fetch proxy: the only way untrusted modules reach the network.
 
-``fetch(url, headers=None)`` fetches with urllib and returns a `Response` (status, headers, body). It fetches
-only beneath its upstream, the base URL the server gives it in ``WB_APP_UPSTREAM`` (the demo's is a local
-stand-in for a joke API: this machine may have no internet); a relative ``url`` is resolved against it and
-anything outside it is refused with 403. Every fetch, refused or not, is logged with the module that asked.
+``fetch(url, headers=None, method="GET")`` fetches with urllib and returns a `Response` (status, headers,
+body). It fetches only beneath its upstream, the base URL the server gives it in ``WB_APP_UPSTREAM`` (the
+demo's is a local stand-in for a joke API: this machine may have no internet); a relative ``url`` is resolved
+against it and anything outside it is refused with 403. Every fetch, refused or not, is logged with the module
+that asked.
 """
 
 from __future__ import annotations
@@ -36,16 +37,18 @@ def allowed(url: str) -> bool:
     return (asked.scheme, asked.netloc) == (base.scheme, base.netloc) and (asked.path + "/").startswith(prefix)
 
 
-async def fetch(url: str, headers: dict[str, str] | None = None) -> Response:
+async def fetch(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> Response:
     caller = current_call()
     who = os.path.basename(caller.source_module) if caller is not None and caller.source_module else "the host"
     full = urljoin(UPSTREAM, url)
     if not allowed(full):
         log.warning("refused %s's fetch of %s: outside %s", who, full, UPSTREAM or "(no upstream)")
         return Response(f"fetch_proxy does not fetch {full}", status=403)
-    request = urllib.request.Request(full, headers=dict(headers or {}))
+    if not isinstance(method, str) or not method.isalpha() or not method.isupper():
+        return Response(f"fetch_proxy does not fetch with method {method!r}", status=400)
+    request = urllib.request.Request(full, headers=dict(headers or {}), method=method)
     response = await asyncio.get_running_loop().run_in_executor(None, _fetch, request)
-    log.info("%s fetched %s -> %s (%d bytes)", who, full, response.status, len(response.body))
+    log.info("%s fetched %s %s -> %s (%d bytes)", who, method, full, response.status, len(response.body))
     return response
 
 

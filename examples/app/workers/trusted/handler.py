@@ -4,8 +4,8 @@ untrusted module ``workers/untrusted/<name>.py``, as the seed's handler worker d
 It runs in a trusted worker (the host's rights) and calls the untrusted module through the broker, in that
 module's sandboxed worker (``?id=`` picks a segregated one: its own process, its own state). ``handle`` is a
 coroutine, so this one worker serves many requests at once. What goes wrong in the untrusted module becomes an
-HTTP answer here: no such function 404, its worker died 502, too slow 504, any other exception 500 (with the
-remote traceback in the server's log, not in the answer).
+HTTP answer here: a raised `HTTPError` its response, no such function 404, its worker died 502, too slow 504,
+any other exception 500 with its message (the remote traceback goes to the server's log, not in the answer).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from examples.app.lib.web import Response
+from examples.app.lib.web import HTTPError, Response
 from worker_kernel import broker_proxy
 from worker_kernel.errors import CallTimeout, RemoteError, WorkerDied, WorkerStartError
 
@@ -52,6 +52,8 @@ async def handle(name: str, fn: str, params: dict[str, str]) -> Any:
     call = broker.worker_fn_proxy(target, function, asynchronous=True, timeout=CALL_TIMEOUT)
     try:
         return await call(params)
+    except HTTPError as error:  # raised as the seed's modules throw a Response: served as it is
+        return error.response
     except AttributeError as exc:
         if str(exc) == f"module {name!r} has no function {function!r}":  # the worker's own answer
             return Response(f"No function {fn!r} in {name!r}", status=404)
@@ -67,9 +69,8 @@ async def handle(name: str, fn: str, params: dict[str, str]) -> Any:
 
 
 def _failed(name: str, fn: str, exc: Exception) -> Response:
+    """500 with the exception's message, as the seed's handler answers (the traceback goes to the log only)."""
     trace = getattr(exc, "remote_traceback", "") or ""
-    if isinstance(exc, RemoteError) and exc.type_name.endswith(".HTTPError"):
-        log.error("%s.%s raised an HTTPError outside @endpoint (examples/app/lib/web.py): %s", name, fn, exc)
-    else:
-        log.error("%s.%s failed: %s: %s\n%s", name, fn, type(exc).__name__, exc, trace.rstrip())
-    return Response("Internal Server Error", status=500)
+    log.error("%s.%s failed: %s: %s\n%s", name, fn, type(exc).__name__, exc, trace.rstrip())
+    message = exc.message if isinstance(exc, RemoteError) else str(exc)
+    return Response(message or "Internal Server Error", status=500)

@@ -1,7 +1,15 @@
-"""``/console/log?k=v``: prints its parameters in the worker. The print travels to the server's console (the
-broker relays a worker's output to whoever called it, here through the trusted handler to the host), and the
-answer is ``204 No Content``: the function returns None."""
+"""The seed's console module: ``/console/log`` prints "Hello World" on stdout, ``/console/debug`` on stderr; both
+answer "check yer logs". A worker's output travels to its caller (here through the trusted handler to the
+host), so it shows in the server's console."""
+
+import sys
 
 
-def log(params: dict) -> None:
-    print("console.log:", " ".join(f"{key}={value}" for key, value in params.items()))
+def log(params: dict) -> str:
+    print("Hello World")
+    return "check yer logs"
+
+
+def debug(params: dict) -> str:
+    print("Hello World", file=sys.stderr)
+    return "check yer logs"

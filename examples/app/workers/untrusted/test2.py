@@ -3,17 +3,15 @@
 from state import get_state, set_state
 
 set_state("test2")
-value = "test2"
 
 
-def state(params: dict) -> str | None:
+def global_(params: dict) -> str | None:
+    if "set" in params:
+        globals()["FOO"] = params["set"]
+    return globals().get("FOO")
+
+
+def state(params: dict) -> str:
     if "set" in params:
         set_state(params["set"])
     return get_state()
-
-
-def global_(params: dict) -> str:
-    global value
-    if "set" in params:
-        value = params["set"]
-    return value
