@@ -492,3 +492,31 @@ def test_the_listening_socket_serves_keep_alive_connections_without_nagle():
             server.close()
 
     assert asyncio.run(nodelay_of_accepted(listening_socket("127.0.0.1", 0))) != 0
+
+
+def test_a_module_is_reloaded_when_its_file_changes(tmp_path):
+    """``make demo`` watches the untrusted modules (watchfiles) and reloads one when its file changes, as the
+    seed's ``deno --watch`` does."""
+    import asyncio
+
+    from examples.app.server import watch_modules
+
+    module = tmp_path / "live.py"
+    module.write_text("def value():\n    return 1\n")
+
+    async def main(broker: WorkerBroker) -> list:
+        live = broker.worker_proxy(module, asynchronous=True)
+        seen = [await live.value()]
+        ready, reloaded = asyncio.Event(), asyncio.Event()
+        watcher = asyncio.create_task(watch_modules(broker, tmp_path, ready=ready, reloaded=lambda _: reloaded.set()))
+        try:
+            await asyncio.wait_for(ready.wait(), 60)
+            module.write_text("def value():\n    return 2\n")
+            await asyncio.wait_for(reloaded.wait(), 60)
+            seen.append(await live.value())
+        finally:
+            watcher.cancel()
+        return seen
+
+    with WorkerBroker(warm_workers=0) as broker:
+        assert asyncio.run(main(broker)) == [1, 2]

@@ -20,6 +20,8 @@ trusted modules with the host's rights, and anything else (a module that an untr
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +29,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,8 +200,9 @@ def _jsonable(value: Any) -> Any:
 # -- the app ----------------------------------------------------------------------------------------------------
 
 
-def create_app(broker: WorkerBroker) -> Starlette:
-    """The Starlette app, serving through ``broker`` (made by `make_broker`; the caller closes it)."""
+def create_app(broker: WorkerBroker, *, watch: bool = False) -> Starlette:
+    """The Starlette app, serving through ``broker`` (made by `make_broker`; the caller closes it). With
+    ``watch``, an untrusted module is reloaded in its workers when its file changes (`watch_modules`)."""
     handler = broker.worker_proxy(HANDLER, asynchronous=True)
 
     async def index(request: Request) -> HTTPResponse:
@@ -252,9 +255,56 @@ def create_app(broker: WorkerBroker) -> Starlette:
         Route("/{name}", reload),
         Route("/{name}/{fn}", call),
     ]
-    app = Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(watch_modules(broker)) if watch else None
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.broker = broker
     return app
+
+
+async def watch_modules(
+    broker: WorkerBroker,
+    folder: Path = UNTRUSTED_DIR,
+    *,
+    ready: asyncio.Event | None = None,
+    reloaded: Callable[[Path], None] | None = None,
+) -> None:
+    """Reload a module of ``folder`` in its workers whenever its file changes, as the seed's ``deno --watch``
+    restarts on a change (watchfiles: inotify, no polling of our own). A module that fails to load is logged,
+    and its workers serve the version they have until the file is fixed. ``ready`` is set once it watches;
+    ``reloaded(path)`` is called after each reload."""
+    import watchfiles
+
+    stop = asyncio.Event()
+    changes = watchfiles.awatch(folder, stop_event=stop, watch_filter=watchfiles.PythonFilter())
+    try:
+        waiting = asyncio.ensure_future(changes.__anext__())
+        await asyncio.sleep(0)  # awatch starts watching when first awaited
+        if ready is not None:
+            ready.set()
+        while True:
+            batch = await waiting
+            waiting = asyncio.ensure_future(changes.__anext__())
+            for path in sorted({Path(file) for _, file in batch}):
+                if path.parent != folder or not path.stem.isidentifier() or not path.is_file():
+                    continue
+                try:
+                    await broker.aworker_import(path, str(time.time_ns()), timeout=RELOAD_TIMEOUT)
+                    log.info("%s changed: reloaded", path.name)
+                except Exception as exc:
+                    log.warning("%s changed, and does not load: %s: %s", path.name, type(exc).__name__, exc)
+                if reloaded is not None:
+                    reloaded(path)
+    finally:
+        stop.set()
 
 
 def _remote_trace(exc: BaseException) -> str:
@@ -299,6 +349,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="strict (the default): an untrusted worker whose sandbox this machine cannot enforce does not start",
     )
     parser.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="do not reload an untrusted module when its file changes (by default it is, as with deno --watch)",
+    )
+    parser.add_argument(
         "--otel",
         action="store_true",
         help="trace every request through the workers with OpenTelemetry (make demo-otel; examples/app/telemetry.py)",
@@ -320,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for url in TRY:
             print(f"  {base}{url}", flush=True)
         print(f"(the fetch proxy fetches from {upstream.url}, a stand-in for a joke API; Ctrl-C stops)", flush=True)
-        app: Any = create_app(broker)
+        app: Any = create_app(broker, watch=not args.no_watch)
         if args.otel:
             from .telemetry import instrument
 
