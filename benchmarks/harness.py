@@ -217,11 +217,15 @@ def machine() -> dict[str, Any]:
 # -- wb-magic ------------------------------------------------------------------------------------------------
 
 
-def new_broker(*, warm_workers: int = 0, **kwargs: Any) -> Any:
-    """A `WorkerBroker`, without a warm pool unless one is asked for (the default broker may keep one)."""
+def new_broker(*, warm_workers: int = 0, lane: bool = True, **kwargs: Any) -> Any:
+    """A `WorkerBroker`, without a warm pool unless one is asked for (the default broker may keep one).
+    ``lane=False`` puts its workers on the Jupyter channels (``WorkerSpec(lane=False)``), for the side by side."""
     import inspect
 
-    from wb_magic import WorkerBroker
+    from wb_magic import WorkerBroker, WorkerSpec
+
+    if not lane:
+        kwargs["worker_constructor"] = lambda module, segregation_id: WorkerSpec(lane=False)
 
     if "warm_workers" in inspect.signature(WorkerBroker).parameters:
         kwargs["warm_workers"] = warm_workers

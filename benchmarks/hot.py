@@ -71,13 +71,14 @@ def pipelined(results: Results, config: Config, only: set[str] | None) -> None:
     """``window`` calls in flight at once, to one worker and spread over two; samples are seconds per call."""
     from .peers.mp_pipe import MPPipe
     from .peers.process_pool import ProcessPool
-    from .peers.wb import WBMagic
+    from .peers.wb import WBMagic, WBMagicJupyter
     from .peers.zmq_json import ZmqJson
 
     window = config.window
     for servers in (1, 2):
         make: dict[str, Callable[[], Peer]] = {
             "wb_magic": lambda servers=servers: WBMagic(servers),  # type: ignore[misc]
+            "wb_magic_jupyter": lambda servers=servers: WBMagicJupyter(servers),  # type: ignore[misc]
             "pyzmq": lambda servers=servers: ZmqJson(servers),  # type: ignore[misc]
             "process_pool": lambda servers=servers: ProcessPool(servers),  # type: ignore[misc]
         }

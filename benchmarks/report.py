@@ -176,7 +176,47 @@ def targets(results: Results) -> list[dict[str, Any]]:
             None if not hot_without or not hot_with else hot_with / hot_without,
             PASS if get_cost <= budget else FAIL,
         )
+    _lane_targets(results, compare, row)
     return rows
+
+
+def _lane_targets(results: Results, compare: Callable[..., None], row: Callable[..., None]) -> None:
+    """The call lane's targets (issue 12): against a multiprocessing pipe and raw pyzmq, and the lane against
+    the same run's Jupyter channels (``lane=False``) for what must not get worse."""
+    med, p99 = results.median, results.p99
+    compare("lane: hot call median", "<= 1.5 x multiprocessing pipe", med("hot.wb_magic"), med("hot.mp_pipe"), 1.5,
+            near=2.0)  # fmt: skip
+    compare("lane: hot call median", "<= 0.6 x raw pyzmq", med("hot.wb_magic"), med("hot.pyzmq"), 0.6)
+    compare("lane: hot call median", "beside lane=False", med("hot.wb_magic"), med("hot.wb_magic_jupyter"), 1.0)
+    compare("lane: hot call p99", "<= 1.5 x raw pyzmq p99", p99("hot.wb_magic"), p99("hot.pyzmq"), 1.5)
+    compare(
+        "lane: pipelined async calls, 1 worker",
+        ">= 1.0 x raw pyzmq pipelined (calls/s; not done below 0.5 x)",
+        med("pipelined1.wb_magic"),
+        med("pipelined1.pyzmq"),
+        1.0,
+        show=fmt_rate,
+        invert=True,
+    )
+    compare("lane: host -> A -> B", "<= 3 x a direct call on the lane", med("w2w.outer"), med("w2w.direct"), 3.0)
+    compare("lane: host -> A -> B", "<= 2 x one raw pyzmq round trip", med("w2w.outer"), med("hot.pyzmq"), 2.0)
+    for what, ours, theirs in (
+        ("first call, new broker", "startup.wb_cold", "startup.wb_cold_jupyter"),
+        ("first call, live broker", "startup.wb_live", "startup.wb_live_jupyter"),
+        ("hot call with 100 workers alive", "many.hot", "many.hot_jupyter"),
+    ):
+        compare(f"lane: {what}", "within 10% of lane=False", med(ours), med(theirs), 1.1)
+    for fact, key, what in (
+        ("wb_idle_worker", "uss_mib", "idle worker USS"),
+        ("many_workers", "worker_uss_mib_total", "100 workers' USS in all"),
+    ):
+        lane, jupyter = results.facts.get(fact), results.facts.get(fact + "_jupyter")
+        if not lane or not jupyter:
+            row(f"lane: {what}", "within 10% of lane=False", "not measured", None, NA)
+            continue
+        ratio = lane[key] / jupyter[key]
+        row(f"lane: {what}", "within 10% of lane=False", f"{_mib(lane[key])} vs {_mib(jupyter[key])}", ratio,
+            PASS if ratio <= 1.1 else FAIL)  # fmt: skip
 
 
 # -- Markdown ----------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ GROUPS: dict[str, Callable[[Results, Config, set[str] | None], None]] = {
     "w2w": lambda r, c, _: hot.worker_to_worker(r, c),
     "payload": lambda r, c, _: payload.run(r, c),
     "startup": lambda r, c, _: startup.run(r, c),
-    "many": lambda r, c, _: scale.many_workers(r, c),
+    "many": lambda r, c, _: (scale.many_workers(r, c), scale.many_workers(r, c, lane=False)),  # type: ignore[func-returns-value]
     "cleaner": lambda r, c, _: scale.cleaner(r, c),
     "wire": lambda r, c, _: wire_micro.run(r, c),
 }

@@ -47,14 +47,15 @@ def _hot(broker: Any, config: Config) -> list[float]:
     return samples
 
 
-def many_workers(results: Results, config: Config) -> None:
+def many_workers(results: Results, config: Config, lane: bool = True) -> None:
     import psutil
 
     n = config.many_workers
     me = psutil.Process()
     host_before = me.memory_info().rss
     used_before = psutil.virtual_memory().used
-    broker = new_broker(call_timeout=300, max_workers=None)  # more than the default bound, on purpose
+    broker = new_broker(call_timeout=300, max_workers=None, lane=lane)  # more than the default bound, on purpose
+    suffix = "" if lane else "_jupyter"
     try:
         total, answered_at, answers = _start_many(broker, n)
         answered = sum(1 for a in answers if a == 1)
@@ -66,19 +67,20 @@ def many_workers(results: Results, config: Config) -> None:
         used_after = psutil.virtual_memory().used
         results.add(
             Series(
-                "many.answered_at",
+                "many.answered_at" + suffix,
                 "many",
-                f"{n} first calls at once: when each answered",
+                f"{n} first calls at once: when each answered" + ("" if lane else ", lane=False"),
                 answered_at,
                 note="seconds from the start until each worker's first reply",
             )
         )
-        results.add(Series("many.hot", "many", f"hot call with {n} workers alive", _hot(broker, config)))
+        label = f"hot call with {n} workers alive" + ("" if lane else ", lane=False")
+        results.add(Series("many.hot" + suffix, "many", label, _hot(broker, config)))
     finally:
         start = time.perf_counter()
         broker.close()
         closing = time.perf_counter() - start
-    results.facts["many_workers"] = {
+    results.facts["many_workers" + suffix] = {
         "workers": n,
         "answered": answered,
         "errors": errors[:5],

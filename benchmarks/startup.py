@@ -56,12 +56,12 @@ def module_import_time() -> float:
     return float(out.stdout)
 
 
-def first_call_cold(results: Results, config: Config) -> None:
+def first_call_cold(results: Results, config: Config, lane: bool = True) -> None:
     """A fresh broker, a proxy and its first call: a worker launched for it, no pool."""
     samples = []
     for _ in range(config.first_call_repeats):
         start = time.perf_counter()
-        broker = new_broker(call_timeout=60)
+        broker = new_broker(call_timeout=60, lane=lane)
         try:
             if broker.worker_proxy(TRIVIAL).ping() != 1:
                 raise RuntimeError("the trivial module answered wrongly")
@@ -70,18 +70,18 @@ def first_call_cold(results: Results, config: Config) -> None:
             broker.close()
     results.add(
         Series(
-            "startup.wb_cold",
+            "startup.wb_cold" + ("" if lane else "_jupyter"),
             "startup",
-            "wb-magic: new broker, first call",
+            "wb-magic: new broker, first call" + ("" if lane else ", lane=False"),
             samples,
             note="from WorkerBroker(warm_workers=0) to the first reply, the worker launched for it",
         )
     )
 
 
-def first_call_live(results: Results, config: Config) -> None:
+def first_call_live(results: Results, config: Config, lane: bool = True) -> None:
     """New workers (segregated) in a broker that already runs one; then the idle memory of each of them."""
-    with new_broker(call_timeout=60) as broker:
+    with new_broker(call_timeout=60, lane=lane) as broker:
         broker.worker_proxy(TRIVIAL).ping()
         samples = []
         for i in range(config.first_call_repeats):
@@ -91,9 +91,9 @@ def first_call_live(results: Results, config: Config) -> None:
             samples.append(time.perf_counter() - start)
         results.add(
             Series(
-                "startup.wb_live",
+                "startup.wb_live" + ("" if lane else "_jupyter"),
                 "startup",
-                "wb-magic: new worker, live broker",
+                "wb-magic: new worker, live broker" + ("" if lane else ", lane=False"),
                 samples,
                 note="first call to a new worker of a broker that already runs one",
             )
@@ -101,7 +101,7 @@ def first_call_live(results: Results, config: Config) -> None:
         time.sleep(1.0)  # let the workers settle
         pids = [info.pid for info in broker.workers if info.pid is not None]
         found = [memory(pid) for pid in pids]
-    results.facts["wb_idle_worker"] = {
+    results.facts["wb_idle_worker" + ("" if lane else "_jupyter")] = {
         "workers": len(found),
         "rss_mib": statistics.median(m["rss_mib"] for m in found),
         "uss_mib": statistics.median(m["uss_mib"] for m in found),
@@ -208,7 +208,15 @@ def ipykernel_start(results: Results, config: Config) -> None:
 
 
 def run(results: Results, config: Config) -> None:
-    for step in (import_zmq, first_call_cold, first_call_live, warm_pool, ipykernel_start):
+    for step in (
+        import_zmq,
+        first_call_cold,
+        lambda r, c: first_call_cold(r, c, lane=False),
+        first_call_live,
+        lambda r, c: first_call_live(r, c, lane=False),
+        warm_pool,
+        ipykernel_start,
+    ):
         try:
             step(results, config)
         except Exception as exc:

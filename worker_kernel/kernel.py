@@ -100,6 +100,7 @@ class WorkerKernel:
         self._main_thread = threading.get_ident()
         # the lane (see lane.py), when the broker launched this worker with one: calls, output and broker
         # requests travel on it; the control pipe brings interrupts and shutdown to the control thread
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the control thread's way in
         self._lane_fd: int | None = None
         self._control_fd: int | None = None
         self._lane_reader: lane.LaneReader | None = None
@@ -176,7 +177,6 @@ class WorkerKernel:
     def run(self) -> None:
         """Serve until shut down, or until the process that launched this worker ends."""
         _watch_parent()
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the control thread's way in
         self.iopub.status("idle")
         try:
             self._serve()

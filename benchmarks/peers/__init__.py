@@ -53,8 +53,8 @@ def all_peers() -> list[type[Peer]]:
     from .process_pool import ProcessPool
     from .pyro_peer import Pyro
     from .rpyc_peer import RPyC
-    from .wb import WBMagic
+    from .wb import WBMagic, WBMagicJupyter
     from .zmq_json import ZmqJson
     from .zmq_jupyter import ZmqJupyter
 
-    return [ZmqJson, ZmqJupyter, MPPipe, WBMagic, ProcessPool, RPyC, Pyro, IPyKernel, IPyParallel]
+    return [ZmqJson, ZmqJupyter, MPPipe, WBMagic, WBMagicJupyter, ProcessPool, RPyC, Pyro, IPyKernel, IPyParallel]

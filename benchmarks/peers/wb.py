@@ -15,11 +15,13 @@ class WBMagic(Peer):
     requires = ("wb_magic",)
     pipelines = True
 
+    lane = True
+
     def __init__(self, servers: int = 1) -> None:
         self.count = servers
 
     def start(self) -> None:
-        self.broker = new_broker(call_timeout=120)
+        self.broker = new_broker(call_timeout=120, lane=self.lane)
         target = str(MODULES / "target.py")
         self.proxy = self.broker.worker_proxy(target)
         self.hello = self.proxy.hello
@@ -53,3 +55,11 @@ class WBMagic(Peer):
             self.loop.close()
         if hasattr(self, "broker"):
             self.broker.close()
+
+
+class WBMagicJupyter(WBMagic):
+    """wb-magic with its workers on the Jupyter channels (``WorkerSpec(lane=False)``), beside the lane."""
+
+    name = "wb_magic_jupyter"
+    label = "wb-magic sync proxy, lane=False"
+    lane = False
