@@ -21,17 +21,28 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import psutil
 
+from .connection import now
+
 if TYPE_CHECKING:
-    from .broker import WorkerBroker
     from .worker import Worker
 
 log = logging.getLogger("wb_magic")
 
 EventType = Literal["create", "get", "remove", "terminate"]
+
+
+class Evictor(Protocol):
+    """What a cleaner may ask of the broker that sends it events (`WorkerBroker` is one)."""
+
+    closed: bool
+
+    def evict(self, worker: Worker) -> bool:
+        """Remove ``worker`` unless it has a call in flight; True if it was removed."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,7 @@ class WorkerEvent:
     ``terminate``."""
 
     type: EventType
-    broker: WorkerBroker
+    broker: Evictor
     worker: Worker | None = None
     key: Any = None
     module: str | None = None
@@ -74,7 +85,7 @@ class LRUCleaner:
         self.check_interval = check_interval
         self._order: OrderedDict[int, Worker] = OrderedDict()  # id(worker) -> worker, least recent first
         self._protected: Worker | None = None
-        self._broker: WorkerBroker | None = None
+        self._broker: Evictor | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -118,14 +129,12 @@ class LRUCleaner:
             except Exception:
                 log.exception("the worker cleaner failed")
 
-    def clean(self, broker: WorkerBroker) -> None:
+    def clean(self, broker: Evictor) -> None:
         """One pass: apply the count limit, the idle timeout and the memory ceiling."""
         if self.worker_count is not None:
             while len(self._live()) > self.worker_count and self._evict_one(broker, "over the worker count"):
                 pass
         if self.idle_timeout is not None:
-            from .connection import now
-
             cutoff = now() - self.idle_timeout
             for worker in self._live():
                 if worker.last_used < cutoff and not worker.pending:
@@ -146,14 +155,14 @@ class LRUCleaner:
         with self._lock:
             return [w for w in self._order.values() if not w.dead]
 
-    def _evict_one(self, broker: WorkerBroker, why: str) -> bool:
+    def _evict_one(self, broker: Evictor, why: str) -> bool:
         """Remove the least recently used worker that may go; False if none may."""
         for worker in self._live():
             if worker is not self._protected and not worker.pending:
                 return self._evict(broker, worker, why)
         return False
 
-    def _evict(self, broker: WorkerBroker, worker: Worker, why: str) -> bool:
+    def _evict(self, broker: Evictor, worker: Worker, why: str) -> bool:
         if not broker.evict(worker):
             return False
         log.debug("cleaner removed worker %r: %s", worker.key, why)
