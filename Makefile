@@ -85,12 +85,14 @@ screenshots: browser-test
 	mkdir -p docs/screenshots
 	for name in $(SHOWN); do cp $(SCREENSHOTS)/$$name.png docs/screenshots/; done
 
-# the benchmark suite beside its peers (the bench extra); writes docs/benchmarks.{md,json,png}
+# the benchmark suite beside its peers (the bench extra); writes docs/benchmarks.{md,json,png}, and the example
+# web app end to end beside a plain Starlette route: docs/benchmarks-web.md
 # (with bytecode caching on, as users have it: a worker compiling its modules at every start is not what we measure)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m compileall -q wb_magic worker_kernel benchmarks
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m benchmarks.run --out docs
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m benchmarks.web --out docs
 
 clean:
 	rm -rf $(VENV) $(addprefix .venv-,$(OTHER_PYTHONS)) .pytest_cache .mypy_cache .ruff_cache build

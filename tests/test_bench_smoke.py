@@ -125,3 +125,23 @@ def test_report_files(run: tuple[Path, dict]) -> None:
     assert "| wb-magic sync proxy |" in text
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_web_benchmark_runs(tmp_path):
+    """``python -m benchmarks.web --quick``: both servers start, answer every request, and the table is written
+    (one row per server and number of clients). Nothing about the numbers is asserted."""
+    from worker_kernel.sandbox import landlock_abi
+
+    if landlock_abi() < 6:
+        pytest.skip("the example app's untrusted workers are sandboxed: Landlock ABI 6 or later")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.web", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in (tmp_path / "benchmarks-web.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 + 4  # the header, its rule, and 2 servers x 2 client counts
+    assert all(" ms |" in row for row in rows[2:])
