@@ -450,13 +450,13 @@ class WorkerBroker:
                     if not self.closed:
                         log.exception("could not start a worker for the warm pool")
                     return
-                with self._lock:
-                    keep = not self.closed
+                with self._lock:  # calls may have started workers meanwhile: max_workers holds for the pool too
+                    keep = not self.closed and not self._full()
                     if keep:
                         self._pool.append(worker)
                         self._pool_changed.notify_all()
                 if not keep:
-                    self._shutdown([worker], "the broker was closed")
+                    self._shutdown([worker], "the broker was closed" if self.closed else "max_workers was reached")
 
     def _full(self) -> bool:
         with self._lock:
