@@ -24,6 +24,7 @@ from wb_magic.waterfall import Waterfall
 from wb_magic.worker_spans import MAX_NAME, MAX_SPANS, accept
 
 HERE = Path(__file__).parent / "workers" / "telemetry"
+BOTH_LINKS = pytest.mark.usefixtures("link_kind")  # the lane, and the Jupyter channels (WorkerSpec(lane=False))
 FRONT = str(HERE / "front.py")
 BACK = str(HERE / "back.py")
 
@@ -53,10 +54,12 @@ def parent_chain(span, spans):
     return names
 
 
-def test_one_trace_across_the_host_and_two_workers(broker, exporter):
+def test_one_trace_across_the_host_and_two_workers(link_kind, broker, exporter):
     front = broker.worker_proxy(FRONT)
     with exporter.tracer.start_as_current_span("the user's request") as user:
         assert front.hop(20) == 41
+    expected_link = "LaneLink" if link_kind == "lane" else "JupyterLink"
+    assert {type(broker.worker_for(m).link).__name__ for m in (FRONT, BACK)} == {expected_link}
     spans = exporter.get_finished_spans()
     assert {span.context.trace_id for span in spans} == {user.get_span_context().trace_id}
     named = spans_by_name(exporter)
@@ -82,6 +85,7 @@ def test_one_trace_across_the_host_and_two_workers(broker, exporter):
     assert any(s.name == "import back" for s in spans)  # the callee's first import, inside its SERVER span
 
 
+@BOTH_LINKS
 def test_async_calls_are_traced_too(broker, exporter):
     front = broker.worker_proxy(FRONT, asynchronous=True)
 
@@ -97,6 +101,7 @@ def test_async_calls_are_traced_too(broker, exporter):
         assert parent_chain(server, spans)[-1] == "async user"
 
 
+@BOTH_LINKS
 def test_a_failure_deep_in_the_chain_is_marked_on_every_span_it_crosses(broker, exporter):
     front = broker.worker_proxy(FRONT)
     with exporter.tracer.start_as_current_span("user"), pytest.raises(ValueError, match="back cannot take 7"):
@@ -127,6 +132,7 @@ def test_a_sandboxed_workers_spans_arrive(exporter):
     assert len({s.context.trace_id for s in spans}) == 1
 
 
+@BOTH_LINKS
 def test_hooks_run_inside_the_server_span(exporter):
     hooks = str(Path(__file__).parent / "workers" / "hooks.py")
 
@@ -140,6 +146,7 @@ def test_hooks_run_inside_the_server_span(exporter):
     assert all(s.parent.span_id == server.context.span_id for s in hooks_spans)
 
 
+@BOTH_LINKS
 def test_imports_and_reloads_are_spans(broker, exporter):
     with exporter.tracer.start_as_current_span("user"):
         broker.worker_import(BACK)
@@ -150,6 +157,7 @@ def test_imports_and_reloads_are_spans(broker, exporter):
     assert names.count(("import back", "SERVER")) == 2
 
 
+@BOTH_LINKS
 def test_a_crash_mid_call_is_recorded_on_the_client_span(broker, exporter):
     front = broker.worker_proxy(FRONT)
     with exporter.tracer.start_as_current_span("user"), pytest.raises(WorkerDied):
@@ -163,6 +171,7 @@ def test_a_crash_mid_call_is_recorded_on_the_client_span(broker, exporter):
     assert client.events[0].attributes["exception.type"].endswith("WorkerDied")
 
 
+@BOTH_LINKS
 def test_forged_spans_are_capped_and_the_broker_sets_what_it_vouches_for(broker, exporter):
     front = broker.worker_proxy(FRONT)
     front.forge()  # the module now forges the spans of every traced reply (this call's own too)
@@ -186,6 +195,7 @@ def test_forged_spans_are_capped_and_the_broker_sets_what_it_vouches_for(broker,
     assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
 
 
+@BOTH_LINKS
 def test_uninstrument_stops_new_spans(broker, exporter):
     front = broker.worker_proxy(FRONT)
     front.hop(1)
@@ -199,11 +209,13 @@ def test_uninstrument_stops_new_spans(broker, exporter):
     WorkerBrokerInstrumentor().instrument(tracer_provider=TracerProvider())  # for the fixture to undo
 
 
+@BOTH_LINKS
 def test_a_worker_imports_nothing_of_opentelemetry_when_calls_carry_no_trace(broker):
     assert tracing.tracer is None
     assert broker.worker_proxy(FRONT).otel_modules() == []
 
 
+@BOTH_LINKS
 def test_calls_that_are_not_sampled_import_nothing_in_workers(broker):
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
