@@ -75,12 +75,19 @@ class LinkEvents(Protocol):
 
 
 class ProcessWatch:
-    """A worker's process, as far as this host can see it: through a pidfd (Linux 5.3+) and the provisioner."""
+    """A worker's process, as far as this host can see it: through a pidfd (Linux 5.3+) and the provisioner.
+
+    A local process is watched with its pidfd and ended through its ``Popen``. A kernel on another host
+    (``elsewhere``: a `ProvisionedKernel` whose provisioner is not local) has no process here: its link's
+    heartbeat tells when it is gone, and it is ended through its provisioner's contract (a signal through the
+    remote launcher), in the background, since the pump must never wait on another host.
+    """
 
     def __init__(self, manager: KernelManager | ProvisionedKernel) -> None:
         self.manager = manager
         self.pid: int | None = process_id(manager)
         self.fd: int | None = pidfd(self.pid)
+        self.elsewhere = bool(getattr(manager, "remote", False))  # a ProvisionedKernel on another host
 
     @property
     def _process(self) -> Any:
@@ -101,6 +108,8 @@ class ProcessWatch:
         process = self._process
         if process is not None and process.poll() is None:
             process.kill()
+        elif self.elsewhere:
+            self.manager.end_soon()  # type: ignore[union-attr]
 
     def wait(self, timeout: float) -> None:
         """Wait for the process to end; kill it if it has not within ``timeout``."""
@@ -440,7 +449,11 @@ class JupyterLink(Link):
             events._on_exit(worker)
             return
         limit = self.connection.max_message_bytes
-        events._end_worker(worker, f"it sent a message larger than {limit} bytes, and its connection was dropped")
+        if worker.process is not None and worker.process.elsewhere:  # no process of this host to look at
+            why = f"its connection was dropped: it ended on its host, or sent a message larger than {limit} bytes"
+        else:
+            why = f"it sent a message larger than {limit} bytes, and its connection was dropped"
+        events._end_worker(worker, why)
 
     def _drain(self, sock: zmq.Socket) -> int:
         """Read and drop what waits on ``sock`` (MAX_DRAIN at most; the pump comes back for the rest)."""

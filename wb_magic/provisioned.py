@@ -78,6 +78,7 @@ class ProvisionedKernel:
         self.manager = AsyncKernelManager(kernel_name=kernel_name, **manager_options)
         self.connection_file = ""
         self.ended = False  # shut down and released: nothing more to ask of the provisioner
+        self._ending: concurrent.futures.Future | None = None  # end_soon's, once asked
 
     def start(self, **kwargs: Any) -> None:
         spec = self.manager.kernel_spec
@@ -149,11 +150,18 @@ class ProvisionedKernel:
         if self.manager.provisioner is None or self.ended:
             return
         if self.remote:
-            ending = asyncio.run_coroutine_threadsafe(self._end(EXIT_GRACE, True, kill=True), engine().loop)
-            ending.add_done_callback(self._ended)
+            self.end_soon()
         else:
             engine().run(self.manager.cleanup_resources(), CONTROL_TIMEOUT)
             self.ended = True
+
+    def end_soon(self) -> None:
+        """Kill the kernel through its provisioner (SIGKILL), then release it, in the background: the broker
+        has given up on it, and may be on a thread that must not wait on another host."""
+        if self.manager.provisioner is None or self.ended or self._ending is not None:
+            return
+        self._ending = asyncio.run_coroutine_threadsafe(self._end(EXIT_GRACE, True, kill=True), engine().loop)
+        self._ending.add_done_callback(self._ended)
 
     def _ended(self, ending: concurrent.futures.Future) -> None:
         if not ending.cancelled() and ending.exception() is not None:
