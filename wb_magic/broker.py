@@ -31,6 +31,7 @@ from worker_kernel.codec import (
 from worker_kernel.loader import is_file_spec, located_file, module_name_for, resolve_module
 from worker_kernel.messages import RELAYED, WB_CALL, WB_DEBUG, WB_IMPORT, WB_INSPECT, BrokerRequest, Reply
 from worker_kernel.proxy import FunctionProxy, ModuleProxy, make_function
+from worker_kernel.transport import curve_keys, is_loopback
 from worker_kernel.wire import Message, use_orjson
 
 from . import tracing
@@ -237,15 +238,24 @@ class WorkerBroker:
         with self._pool_changed:
             return self._pool_changed.wait_for(lambda: len(self._pool) >= self.warm_workers, timeout)
 
-    def attach(self, connection_info: dict[str, Any] | str | os.PathLike, target: Target) -> WorkerInfo:
+    def attach(
+        self, connection_info: dict[str, Any] | str | os.PathLike, target: Target, *, allow_plaintext: bool = False
+    ) -> WorkerInfo:
         """Adopt a worker kernel that something else started (another provisioner, another host) as the
         worker of ``target``. Calls to the target go to it; it is shut down like the broker's own workers.
-        Without a process to watch, the broker watches its heartbeat while calls are pending."""
+        Without a process to watch, the broker watches its heartbeat while calls are pending. A kernel at a
+        network address must have CurveZMQ keys in its connection info (`PermissionError` otherwise), unless
+        ``allow_plaintext``."""
         if isinstance(connection_info, dict):
             info = dict(connection_info)
         else:
             with open(connection_info, encoding="utf-8") as f:
                 info = json.load(f)
+        if not allow_plaintext and not is_loopback(info) and curve_keys(info) is None:
+            raise PermissionError(
+                f"the kernel at {info.get('ip')} has no CurveZMQ keys: calls to it would cross the network in the "
+                "clear (attach(..., allow_plaintext=True) accepts that)"
+            )
         module, segregation_id = self._resolve(target)
         key = self._key(module, segregation_id)
         with self._lock:
