@@ -101,7 +101,8 @@ class LaneReader:
 
     def read(self) -> list[Frame]:
         """The frames that are complete now (perhaps none). Raises `LaneClosed` at the end of the stream and
-        `LaneError` for a malformed frame."""
+        `LaneError` for a malformed frame. What it returns holds at most one frame larger than `CHUNK`, so that
+        what one worker makes the host hold stays within ``max_message_bytes`` and a chunk."""
         frames: list[Frame] = []
         for _ in range(MAX_READS):
             block = self._block
@@ -114,6 +115,7 @@ class LaneReader:
                     if self._got == len(block):
                         self._block = None
                         frames.append(self._frame(block))
+                        return frames  # one large frame at a time: the caller lets go of it before the next
                     continue
                 data = os.read(self.fd, CHUNK)
             except (BlockingIOError, InterruptedError):
