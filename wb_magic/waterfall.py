@@ -21,6 +21,7 @@ ROUTED = "#9467bd"
 LANES = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#eeca3b", "#ff9da6")
 MAX_ERROR = 200  # characters of an exception's message shown
 BAR_WIDTH = 1000  # the SVG's own units; it is stretched to the column's width
+LEFT = 'align="left" style="text-align:left;white-space:nowrap"'  # JupyterLab's stylesheet right-aligns cells
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,8 @@ class Waterfall:
         out = [
             '<table class="wb-trace" style="border-collapse:collapse;font-family:monospace;font-size:12px">',
             f'<caption style="text-align:left;font-weight:bold">{html.escape(self.summary())}</caption>',
-            "<tr><th align=left>process</th><th align=left>span</th><th align=left>kind</th>"
-            '<th align=left style="width:320px">time</th><th align=right>took</th></tr>',
+            f"<tr><th {LEFT}>process</th><th {LEFT}>span</th><th {LEFT}>kind</th>"
+            f'<th align="left" style="text-align:left;width:320px">time</th><th align="right">took</th></tr>',
         ]
         origins = self.origins
         for i, row in enumerate(self.rows):
@@ -164,12 +165,13 @@ class Waterfall:
                 name = f'<font color="{ERROR}"><b>{name}</b>{why}</font>'
             tip = html.escape(f"{row.lane}: {row.name}" + (f" ({row.error})" if row.error else ""))
             out.append(
-                f'<tr><td><font color="{colours[row.lane]}">■</font> {html.escape(row.lane)}</td>'
-                f'<td style="padding-left:{row.depth}em">{name}</td><td>{row.kind.lower()}</td>'
-                f'<td><svg width="320" height="12" viewBox="0 0 {BAR_WIDTH} 12" preserveAspectRatio="none">'
+                f'<tr><td {LEFT}><font color="{colours[row.lane]}">■</font> {html.escape(row.lane)}</td>'
+                f'<td align="left" style="text-align:left;padding-left:{row.depth + 0.5}em">{name}</td>'
+                f"<td {LEFT}>{row.kind.lower()}</td>"
+                f'<td {LEFT}><svg width="320" height="12" viewBox="0 0 {BAR_WIDTH} 12" preserveAspectRatio="none">'
                 f'<rect class="wb-bar" x="{x}" width="{width}" y="1" height="10" fill="{colour}">'
                 f"<title>{tip}</title></rect></svg></td>"
-                f'<td class="wb-t" align="right">{duration(row.end - row.start)}</td></tr>'
+                f'<td class="wb-t" align="right" style="white-space:nowrap">{duration(row.end - row.start)}</td></tr>'
             )
         out.append("</table>")
         return "\n".join(out)
