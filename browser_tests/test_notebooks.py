@@ -147,6 +147,8 @@ def _check_waterfall(cell_locator: Any, name: str, cell: Cell) -> None:
     for i in range(rows.count()):
         bar = rows.nth(i).locator("svg rect").last.bounding_box()
         assert bar is not None and bar["width"] > 0 and bar["height"] > 0, f"{where}: span {i + 1} has no bar"
+    spans = rows.locator("td:nth-child(2)")  # indented under their parents: readable only aligned left
+    assert set(spans.evaluate_all("cells => cells.map(c => getComputedStyle(c).textAlign)")) == {"left"}
     assert cell_locator.locator(".jp-OutputArea-output script").count() == 0
     if cell.raises:
         marks = waterfall.locator("td", has_text="\u2717")

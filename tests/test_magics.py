@@ -656,6 +656,10 @@ def test_wb_trace_draws_a_call_across_workers(ip):
                                                        "tr_back"]  # fmt: skip
     assert "route tr_back/double (internal)" in text
     assert "<script" not in page and page.count('class="wb-bar"') == 7
+    rows = re.findall(r"<tr>(.*?)</tr>", page, re.DOTALL)
+    assert len(rows) == 1 + 7
+    for row in rows:  # process, span and kind read from the left (JupyterLab right-aligns cells that do not say)
+        assert all("text-align:left" in cell for cell in re.findall(r"<t[hd][ >][^>]*>", row)[:3]), row
     assert wb_magic.tracing.tracer is None  # tracing is off again after the cell
 
 
