@@ -65,7 +65,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def screenshots() -> Path:
     """The folder the screenshots go to (WB_SCREENSHOTS, or build/browser-screenshots in the checkout)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for old in SCREENSHOTS.glob("*.png"):
+    for old in [*SCREENSHOTS.glob("*.png"), *SCREENSHOTS.glob("FAILED-*.log")]:
         old.unlink()
     return SCREENSHOTS
 
@@ -210,9 +210,13 @@ class Server:
         self.process.wait(timeout=30)
 
 
+_servers: list[Server] = []  # the session's server, for the log of a failed test
+
+
 @pytest.fixture(scope="session")
 def server(lab_root: Path, tmp_path_factory: pytest.TempPathFactory, started: list[psutil.Process]) -> Iterator[Server]:
     lab = Server(lab_root, tmp_path_factory.mktemp("jupyter-home"))
+    _servers.append(lab)
     started.append(psutil.Process(lab.process.pid))
     try:
         lab.wait_ready()
@@ -283,14 +287,17 @@ def lab(server: Server, browser_context, screenshots: Path) -> Lab:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
-    """A failed test (or its set-up) leaves a screenshot of the page, FAILED-<test>.png, beside the others."""
+    """A failed test (or its set-up) leaves a screenshot of the page and the server's log, FAILED-<test>.png and
+    .log, beside the other screenshots."""
     report = yield
     if report.failed and report.when in ("setup", "call"):
+        name = "FAILED-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in item.name)
         session_lab = getattr(item, "funcargs", {}).get("lab") or getattr(item, "funcargs", {}).get("scratch")
         if isinstance(session_lab, Lab):
-            name = "FAILED-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in item.name)
             try:
                 session_lab.screenshot(name)
             except Exception:
                 pass
+        for lab_server in _servers:  # and the server's log, for what the kernels said
+            (SCREENSHOTS / f"{name}.log").write_text("\n".join(lab_server.log) + "\n")
     return report

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
 TIMEOUT = 120_000  # ms: generous, for a busy 2-core machine; every wait is on an event, never a fixed time
 RUN_TIMEOUT = 300_000  # ms: a whole notebook
 
@@ -43,6 +45,22 @@ mayRaise => {
     .some(o => o.getAttribute('data-mime-type') === 'application/vnd.jupyter.stderr'
       && /Error|Exception|Interrupt/.test(o.innerText));
   return failed ? 'stopped' : false;
+}
+"""
+
+DESCRIBE_RUN = """
+() => {
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  if (!panel) return 'no notebook is open';
+  const status = panel.querySelector('.jp-Notebook-ExecutionIndicator');
+  const cells = [...panel.querySelectorAll('.jp-Notebook .jp-CodeCell')];
+  const lines = cells.map((c, i) => {
+    const prompt = c.querySelector('.jp-InputPrompt').textContent.trim();
+    const outs = [...c.querySelectorAll('.jp-OutputArea-output')].map(o => o.innerText.trim().slice(-300));
+    return `cell ${i + 1} ${prompt} ${c.querySelector('.cm-content')?.innerText.split('\\n')[0]}`
+      + (prompt === '[*]:' && outs.length ? ` | shows: ${outs.join(' | ')}` : '');
+  });
+  return `kernel ${status ? status.getAttribute('data-status') : '?'}\n` + lines.join('\n');
 }
 """
 
@@ -157,7 +175,15 @@ class Lab:
         self.toolbar("notebook:restart-run-all").click()
         self.page.locator(".jp-Dialog .jp-mod-accept").click()
         self.page.locator(".jp-Dialog").wait_for(state="detached")
-        return str(self.page.wait_for_function(RUN_STATE, arg=may_raise, timeout=RUN_TIMEOUT).json_value())
+        try:
+            return str(self.page.wait_for_function(RUN_STATE, arg=may_raise, timeout=RUN_TIMEOUT).json_value())
+        except PlaywrightTimeout:
+            raise AssertionError(f"the run did not end within {RUN_TIMEOUT // 1000} s: {self.describe_run()}") from None
+
+    def describe_run(self) -> str:
+        """Where a run is: the kernel's status and each code cell's prompt, with the last output of a cell that
+        has not finished."""
+        return str(self.page.evaluate(DESCRIBE_RUN))
 
     def outputs(self, cell: Any) -> list[Output]:
         """The outputs a cell shows, as the browser renders them."""
