@@ -107,8 +107,8 @@ def end_when_told(worker_pid, how):
 @pytest.fixture
 def host_that_ends() -> Callable[[str, int], None]:
     """Run a script as a host that starts a worker and calls ``end_when_told(pid, "kill" | "exit")``; check
-    that the worker ends with its host and that its connection file, which the host could not remove, is
-    removed by the next broker to launch a worker (`remove_orphaned_connection_files`)."""
+    that the worker, and every other worker of the host, ends with it and that its connection file, which the
+    host could not remove, is removed by the next broker to launch a worker (`remove_orphaned_connection_files`)."""
 
     def run(script: str, exit_code: int) -> None:
         host = subprocess.Popen(
@@ -122,10 +122,17 @@ def host_that_ends() -> Callable[[str, int], None]:
             command = worker.cmdline()
             connection_file = command[command.index("-f") + 1]
             assert os.path.isfile(connection_file)
+            others = [  # the host's warm workers, say, still starting perhaps
+                process
+                for process in psutil.process_iter(["cmdline"])
+                if any(f"wb-worker-{host.pid}-" in part for part in process.info["cmdline"] or ())
+            ]
             host.stdin.write("end\n")  # type: ignore[union-attr]
             host.stdin.flush()  # type: ignore[union-attr]
             assert host.wait(timeout=60) == exit_code
             worker.wait(timeout=30)  # psutil.TimeoutExpired if the worker outlives its host
+            _, alive = psutil.wait_procs(others, timeout=30)
+            assert not alive, f"the host's other workers outlived it: {alive}"
         finally:
             host.kill()
             host.wait()

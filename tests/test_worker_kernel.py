@@ -135,6 +135,40 @@ def test_a_worker_whose_host_ended_before_it_started_exits(tmp_path):
         worker.kill()
 
 
+def test_a_worker_whose_host_and_lane_are_gone_before_it_serves_exits(tmp_path):
+    """A warm worker of a host that was killed while the worker started: its first words (the host has gone)
+    cannot reach the host through its lane either. It must still exit, not wait for ever on its own output."""
+    import socket
+
+    from jupyter_client.connect import write_connection_file
+
+    from worker_kernel.lane import ENV
+
+    connection_file, _ = write_connection_file(str(tmp_path / "kernel.json"), key=b"k")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    control_read, control_write = os.pipe()
+    env = {**os.environ, "JPY_PARENT_PID": str(gone.pid), ENV: f"{theirs.fileno()},{control_read}"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "worker_kernel", "-f", connection_file],
+        env=env,
+        pass_fds=(theirs.fileno(), control_read),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    theirs.close()
+    os.close(control_read)
+    ours.close()  # the host's end of the lane: gone with the host
+    os.close(control_write)
+    try:
+        _, err = worker.communicate(timeout=60)  # TimeoutExpired if it waits on itself
+        assert worker.returncode == 0, err
+        assert "exiting" in err  # said on its own stderr, since the lane is gone
+    finally:
+        worker.kill()
+
+
 def test_a_busy_worker_exits_when_its_host_dies(workers_dir, host_that_ends):
     """Even in the middle of a long call (its main thread busy), a worker must not outlive its host."""
     script = (

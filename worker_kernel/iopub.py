@@ -88,7 +88,11 @@ class OutputStream(io.TextIOBase):
     """``sys.stdout`` / ``sys.stderr`` of a worker: lines become iopub ``stream`` messages as they are written.
 
     With a lane (``to_lane``), the output of a lane call, and output that belongs to no request, goes on the lane
-    instead, ahead of the call's reply; a console's requests keep their output on iopub."""
+    instead, ahead of the call's reply; a console's requests keep their output on iopub.
+
+    What is written while the same thread is inside this stream (a warning logged because sending failed: the
+    lane is gone) goes to the process's own stderr instead: waiting for the stream's lock there would wait for
+    ever."""
 
     def __init__(self, name: str, iopub: IOPub, to_lane: Callable[[int, str, str], None] | None = None) -> None:
         super().__init__()
@@ -96,6 +100,7 @@ class OutputStream(io.TextIOBase):
         self._iopub = iopub
         self._to_lane = to_lane
         self._lock = threading.Lock()
+        self._inside: int | None = None  # the thread that holds the lock, while it sends
         self._parts: list[str] = []
         self._owner: Request | None = None
 
@@ -113,6 +118,8 @@ class OutputStream(io.TextIOBase):
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         request = current_request.get()
+        if self._inside == threading.get_ident():
+            return _to_process_stderr(text)
         with self._lock:
             if request is not self._owner and self._parts:
                 self._flush_locked()
@@ -123,14 +130,21 @@ class OutputStream(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
-        if not self._parts:  # nothing written: the common case after a call, and no lock to take
-            return
+        if not self._parts or self._inside == threading.get_ident():  # nothing written (the common case), or
+            return  # a flush from inside a send: what it would send is being sent
         with self._lock:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
         if not self._parts:
             return
+        self._inside = threading.get_ident()
+        try:
+            self._send_locked()
+        finally:
+            self._inside = None
+
+    def _send_locked(self) -> None:
         text = "".join(self._parts)
         self._parts.clear()
         owner = self._owner
@@ -140,6 +154,17 @@ class OutputStream(io.TextIOBase):
             self._to_lane(owner.lane_id or 0 if owner is not None else 0, self.name, text)
             return
         self._iopub.publish("stream", {"name": self.name, "text": text}, owner.header if owner else None)
+
+
+def _to_process_stderr(text: str) -> int:
+    stream = sys.__stderr__
+    try:
+        if stream is not None:
+            stream.write(text)
+            stream.flush()
+    except (OSError, ValueError):  # closed: there is nowhere left to say it
+        pass
+    return len(text)
 
 
 def flush_output() -> None:

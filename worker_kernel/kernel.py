@@ -393,6 +393,7 @@ class WorkerKernel:
         writer = self._lane_writer
         assert writer is not None
         on_main = threading.get_ident() == self._main_thread
+        closed = False
         with self._lane_lock:
             if on_main:
                 self._lane_writing = True
@@ -402,11 +403,13 @@ class WorkerKernel:
                     zmq.zmq_poll([(writer.fd, zmq.POLLOUT)], -1)
                     done = writer.flush()
             except lane.LaneClosed:
-                log.warning("the lane was closed; exiting")
-                self._stop()
+                closed = True
             finally:
                 if on_main:
                     self._lane_writing = False
+        if closed:  # said outside the lock: the warning goes out through the worker's stderr, and so to this lane
+            log.warning("the lane was closed; exiting")
+            self._stop()
         deferred, self._deferred_interrupt = self._deferred_interrupt, None
         if deferred is not None and on_main:
             self._interrupt_target = deferred[0]
