@@ -350,7 +350,7 @@ def test_an_untrusted_worker_reads_only_its_module_and_lib(tmp_path, upstream):
         assert "WB_APP_UPSTREAM" not in escapes.attempt("env", "")
         refused = escapes.attempt("broker", "subprocess")
         assert refused.startswith("PermissionError") and "dotted name" in refused  # the broker's default rule
-        refused = escapes.attempt("broker", "/etc/passwd")
+        refused = escapes.attempt("broker", "/etc/elsewhere.py")
         assert refused.startswith("PermissionError") and "only its own worker modules" in refused  # the app's
 
 

@@ -21,6 +21,7 @@ from wb_magic.policy import confinement_gap
 from worker_kernel.sandbox import landlock_abi
 
 TENANTS = Path(__file__).parent / "workers" / "tenants"
+README = Path(__file__).parent.parent / "README.md"
 HELLO = Path(__file__).parent / "workers" / "hello.py"
 PATIENT = Path(__file__).parent / "workers" / "patient.py"
 TIMEOUT = 60
@@ -31,15 +32,16 @@ needs_sandbox = pytest.mark.skipif(
 )
 
 
-def readme_constructor(untrusted: Path):
-    """The README's constructor, as written there."""
-
-    def construct(module: str, segregation_id: str | None) -> WorkerSpec:
-        if Path(module).is_relative_to(untrusted):  # module is the real path of the module's file
-            return WorkerSpec(permissions=Permissions(read=[module]), memory_limit=512_000_000, cpu_seconds=30)
-        return WorkerSpec()  # trusted: the host's rights
-
-    return construct
+def readme_constructor(trusted: Path):
+    """The README's constructor, run from the README's own text, with its TRUSTED_DIR at ``trusted``."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Untrusted workers") :]
+    code = section[section.index("```python\n") + 10 : section.index("```\n", section.index("```python"))]
+    code = code.replace('Path("trusted").resolve()', repr(str(trusted.resolve())))
+    code = code.replace("broker = WorkerBroker(worker_constructor=construct)", "")
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace["construct"]
 
 
 @pytest.fixture
@@ -54,7 +56,7 @@ def untrusted(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def broker(untrusted: Path):
-    with WorkerBroker(worker_constructor=readme_constructor(untrusted), call_timeout=TIMEOUT) as b:
+    with WorkerBroker(worker_constructor=readme_constructor(HELLO.parent), call_timeout=TIMEOUT) as b:
         yield b
 
 
@@ -77,11 +79,12 @@ def test_a_sandboxed_worker_cannot_have_the_host_start_a_trusted_worker(broker, 
     secret = tmp_path / "secret.conf"
     secret.write_text("root:the-hosts-secret:0:0\n")
     attacker = broker.worker_proxy(untrusted / "routing.py")
-    for target in (str(secret), str(HELLO), "../../secret.conf", f"{untrusted}/../secret.conf"):
+    for target in (str(secret), "../secret.conf", f"{untrusted}/../secret.conf"):
         got = attacker.call(target, "x")
-        assert got["error"] == "PermissionError", got
-        assert "host's rights" in got["text"]
+        assert got["error"] == "PermissionError" and ".py" in got["text"], got
         assert "the-hosts-secret" not in repr(got)
+    got = attacker.call(str(HELLO), "hello", "x")  # a trusted module: its worker would have the host's rights
+    assert got["error"] == "PermissionError" and "host's rights" in got["text"], got
     assert _modules(broker) == {"routing.py"}
 
 
@@ -90,7 +93,7 @@ def test_a_call_policy_opts_into_a_trusted_target(untrusted):
     def policy(source_module, source_sid, module, sid, function):
         return True if Path(module) == HELLO.resolve() and function == "hello" else None
 
-    with WorkerBroker(worker_constructor=readme_constructor(untrusted), call_policy=policy, call_timeout=60) as b:
+    with WorkerBroker(worker_constructor=readme_constructor(HELLO.parent), call_policy=policy, call_timeout=60) as b:
         attacker = b.worker_proxy(untrusted / "routing.py")
         assert attacker.call(str(HELLO), "hello", "policy") == {"value": "Hello policy"}
         assert attacker.call("subprocess", "getoutput", "id")["error"] == "PermissionError"  # None: the default
@@ -114,7 +117,7 @@ def test_a_tenant_cannot_reach_another_tenants_worker(broker, untrusted):
 def test_a_sandboxed_worker_cannot_start_workers_without_bound(untrusted):
     for i in range(6):
         (untrusted / f"module_{i}.py").write_text("def ping():\n    return 'pong'\n")
-    with WorkerBroker(worker_constructor=readme_constructor(untrusted), call_timeout=60, sandbox_quota=3) as b:
+    with WorkerBroker(worker_constructor=readme_constructor(HELLO.parent), call_timeout=60, sandbox_quota=3) as b:
         attacker = b.worker_proxy(untrusted / "routing.py")
         answers = [attacker.call(f"./module_{i}.py", "ping") for i in range(6)]
         assert answers[:3] == [{"value": "pong"}] * 3
@@ -185,3 +188,47 @@ def test_confinement_gap_compares_permissions_and_limits():
     assert "enforce" in confinement_gap(
         caller, WorkerSpec(permissions=Permissions(), memory_limit=10, enforce="best-effort")
     )
+
+
+@needs_sandbox
+def test_a_sandboxed_worker_cannot_run_a_file_that_is_not_python(broker, untrusted):
+    (untrusted / "bob.env").write_text("DB_PASSWORD=hunter2\n")
+    attacker = broker.worker_proxy(untrusted / "routing.py")
+    got = attacker.call("./bob.env", "x")
+    assert got["error"] == "PermissionError" and ".py" in got["text"], got
+    assert "hunter2" not in repr(got)
+    assert _modules(broker) == {"routing.py"}
+
+
+@needs_sandbox
+def test_a_symbolic_link_among_the_untrusted_modules_runs_sandboxed(broker, untrusted, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "payload.py").write_text("def read(path):\n    with open(path) as f:\n        return f.read()\n")
+    (untrusted / "innocent.py").symlink_to(outside / "payload.py")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the host's secret")
+    planted = broker.worker_proxy(untrusted / "innocent.py")
+    with pytest.raises(PermissionError):
+        planted.read(str(secret))
+    assert broker.worker_for(untrusted / "innocent.py").spec.sandboxed
+
+
+def test_a_dotted_name_runs_only_the_file_its_constructor_saw(tmp_path, monkeypatch):
+    hostdir, workdir = tmp_path / "hostdir", tmp_path / "workdir"
+    hostdir.mkdir()
+    workdir.mkdir()
+    (hostdir / "wb_shadowed_helpers.py").write_text("def who():\n    return 'the host's copy'\n")
+    (workdir / "wb_shadowed_helpers.py").write_text("def who():\n    return 'a tenant's file'\n")
+    monkeypatch.syspath_prepend(str(hostdir))  # the host finds hostdir's; a worker started in workdir, its own
+    monkeypatch.chdir(workdir)
+    seen = []
+
+    def construct(module, segregation_id):
+        seen.append(module)
+        return WorkerSpec()
+
+    with WorkerBroker(worker_constructor=construct, warm_workers=0, call_timeout=TIMEOUT) as b:
+        with pytest.raises(ImportError, match="will not run a module it was not launched for"):
+            b.worker_proxy("wb_shadowed_helpers").who()
+    assert seen == [str((hostdir / "wb_shadowed_helpers.py").resolve())]

@@ -115,6 +115,7 @@ class WorkerBroker:
         self.max_message_bytes = max_message_bytes
         self.call_policy = call_policy
         self.sandbox_quota = sandbox_quota
+        self._origins: dict[str, str | None] = {}
         self._pool: list[Worker] = []  # started kernels with no module yet, launched with the default spec
         self._pool_spec = WorkerSpec()
         self._pool_wanted = threading.Event()
@@ -382,7 +383,8 @@ class WorkerBroker:
         """The spec a new worker of the target gets: the constructor sees the real path of the module's file."""
         if self.worker_constructor is None:
             return WorkerSpec()
-        return self.worker_constructor(located_file(module) or module, segregation_id)
+        path = module if is_file_spec(module) else self._origin(module)
+        return self.worker_constructor(path or module, segregation_id)
 
     def _worker(
         self,
@@ -546,6 +548,9 @@ class WorkerBroker:
         the trace context of a worker-to-worker request (a dict, perhaps empty), None for the host's own."""
         if worker.remote:
             content = self._with_source(worker, content)
+        module = content.get("module")
+        if isinstance(module, str) and not is_file_spec(module):
+            content = {**content, "origin": self._origin(module)}
         if tracing.tracer is not None:
             call.trace = tracing.tracer.start(worker, msg_type, content, routed)
         link = worker.link
@@ -566,6 +571,16 @@ class WorkerBroker:
             link.call_sent()
 
         return send
+
+    def _origin(self, module: str) -> str | None:
+        """The file the host finds for a dotted name, which its worker constructor was shown: the worker refuses
+        to run another file of that name (say one in its working directory that the host's sys.path does not
+        see). Looked up once per module."""
+        try:
+            return self._origins[module]
+        except KeyError:
+            found = self._origins[module] = located_file(module)
+            return found
 
     def _with_source(self, worker: Worker, content: dict[str, Any]) -> dict[str, Any]:
         """``content`` with the source of its module, the first time ``worker`` (on another host) needs it

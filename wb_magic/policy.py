@@ -5,7 +5,7 @@ sandboxed worker that could name any target could have the host start a trusted 
 ``subprocess`` and run what it likes. So by default:
 
 - a trusted worker (a `WorkerSpec` without a sandbox) may call any target, as the seed's workers may;
-- a sandboxed worker may call only a module *file* (never a dotted name, which the host would look up on its own
+- a sandboxed worker may call only a ``.py`` module *file* (never a dotted name, which the host would look up on its own
   ``sys.path``), only as its own segregation id (its own tenant), and only a target whose worker is sandboxed too
   and is no less confined than the caller: it grants none of ``net``, ``write``, ``env``, ``run``, ``ffi``, ``sys``
   beyond what the caller has, keeps every limit the caller has, at most as large, and is enforced as strictly.
@@ -78,6 +78,8 @@ def default_rule(
         return None
     if not is_file_spec(module):
         return f"a sandboxed worker may call module files only, not the dotted name {module!r}"
+    if not module.endswith(".py"):  # any other file would run as Python, and its errors quote its text
+        return f"a sandboxed worker may call Python module files (.py) only, not {os.path.basename(module)!r}"
     if segregation_id != caller_segregation_id:
         return (
             f"a sandboxed worker may call other workers only as its own segregation id"

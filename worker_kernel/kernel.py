@@ -32,7 +32,7 @@ from .codec import Unencodable, decode_args, decode_value, encode_value, excepti
 from .errors import CallTimeout
 from .iopub import IOPub, OutputStream, Request, current_request, flush_output
 from .lazylog import LazyLogger
-from .loader import shipped
+from .loader import expected_files, shipped
 from .runner import CallContext, CallRunner, current
 from .transport import check, serve_curve
 from .wire import (
@@ -469,11 +469,15 @@ class WorkerKernel:
         return request.trace
 
     def _take_source(self, content: dict[str, Any]) -> None:
-        """Keep the source the broker shipped for the request's module, if any (a worker on another host,
-        where the module's file is not): the loader uses it in place of the file."""
+        """Keep what the broker sends of the request's module: its source, if it shipped it (a worker on
+        another host, where the module's file is not), which the loader uses in place of the file; and for a
+        dotted name the file the broker found for it, which the loader insists on finding too."""
         source = content.get("module_source")
         if isinstance(source, str):
             shipped[str(content.get("module"))] = source
+        origin = content.get("origin", False)
+        if origin is None or isinstance(origin, str):
+            expected_files[str(content.get("module"))] = origin
 
     def _waits_for_initial_call(self, msg: Message) -> bool:
         """Run the hooks' ``initial_call`` before the first request imports anything. A coroutine

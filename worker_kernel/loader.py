@@ -23,6 +23,11 @@ ModuleSpec = Union[str, os.PathLike]
 # path -> source text. A shipped source takes the place of the file it names.
 shipped: dict[str, str] = {}
 
+# The file the broker found for a dotted name, where its worker constructor looked (None: no file). A worker that
+# finds another file under that name (its working directory shadowing the host's sys.path, say) must not run it:
+# the constructor chose this worker's rights for the other file.
+expected_files: dict[str, str | None] = {}
+
 # Whether a module file's folder goes on ``sys.path`` when it is loaded. A sandboxed worker turns this off
 # (`isolate_module_folders`): the modules beside its own are other tenants', which it may neither read nor import.
 _module_folders_on_path = True
@@ -143,6 +148,14 @@ def load_module(canonical: str, *, fresh: bool = False) -> ModuleType:
     modules beside it; those stay imported across re-executions (they are dependencies, not the target). Not in
     a sandboxed worker (`isolate_module_folders`): it imports what its ``sys.path`` holds, nothing beside it.
     """
+    if canonical in expected_files and canonical not in shipped:
+        found, expected = located_file(canonical), expected_files[canonical]
+        if found != expected:
+            raise ImportError(
+                f"{canonical!r} is {found or 'no file'} in this worker, but {expected or 'no file'} where the broker"
+                " looked it up for its worker constructor: the worker will not run a module it was not launched for",
+                name=canonical,
+            )
     path = source_path(canonical)
     if is_file_spec(canonical) and _module_folders_on_path:
         folder = os.path.dirname(path)
