@@ -72,6 +72,12 @@ def test_a_frame_over_the_cap_ends_that_worker_before_it_is_read():
         assert honest.hello("unaffected") == "Hello unaffected"
 
 
+def test_a_value_of_max_message_bytes_travels_both_ways():
+    with WorkerBroker(call_timeout=600, max_message_bytes=MiB) as broker:
+        values = broker.worker_proxy(WORKERS / "values.py")
+        assert values.echo(b"x" * MiB) == b"x" * MiB  # the cap is the value's: its JSON comes on top
+
+
 def test_output_and_a_large_value_travel_on_the_lane(capsys):
     with WorkerBroker(call_timeout=60) as broker:
         values = broker.worker_proxy(WORKERS / "values.py")
@@ -113,8 +119,8 @@ def test_the_reader_checks_every_length_before_allocating(data):
             while True:
                 for frame in reader.read():
                     assert type(frame.content) is dict
-                    assert sum(len(b) for b in frame.buffers) <= 4096
-                assert reader._block is None or len(reader._block) <= 4096
+                    assert sum(len(b) for b in frame.buffers) <= reader.max_frame
+                assert reader._block is None or len(reader._block) <= reader.max_frame
     finally:
         ours.close()
 

@@ -347,7 +347,7 @@ class WorkerKernel:
     def _open_lane(self, lane_fd: int, control_fd: int) -> None:
         os.set_blocking(lane_fd, False)
         self._lane_fd, self._control_fd = lane_fd, control_fd
-        self._lane_reader = lane.LaneReader(lane_fd, lane.MAX_MESSAGE_BYTES)
+        self._lane_reader = lane.LaneReader(lane_fd, lane.FROM_BROKER)
         self._lane_writer = lane.LaneWriter(lane_fd)
 
     def _drain_lane(self) -> None:

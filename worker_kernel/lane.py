@@ -10,7 +10,8 @@ It carries calls, their output, replies, and worker-to-worker requests and their
 is a message's content, with values encoded by the codec, whose bytes and arrays travel as the raw buffers.
 
 A lane is as hostile as a socket: `LaneReader` checks every length against its caps before it allocates
-anything (at most `MAX_BUFFERS` buffers, and the whole frame within ``max_message_bytes``), and anything
+anything (at most `MAX_BUFFERS` buffers, and the whole frame, JSON and buffers together, within
+``max_message_bytes`` plus `JSON_ALLOWANCE`, so that a value of ``max_message_bytes`` fits), and anything
 malformed raises `LaneError`, which ends that worker only. The reader and writer work on a file descriptor with
 ``os.read``/``os.readv``/``os.writev`` alone, so a confined worker uses no system call it did not use before.
 
@@ -32,7 +33,9 @@ HEADER = struct.Struct("<BBHIQ")
 CONTROL = struct.Struct("<BQ")
 LENGTH = 8  # bytes per buffer length
 MAX_BUFFERS = 4096  # buffers in one frame
-MAX_MESSAGE_BYTES = 64 << 20  # the default cap on one frame (JSON and buffers together)
+MAX_MESSAGE_BYTES = 64 << 20  # the default cap on one frame's buffers
+JSON_ALLOWANCE = 1 << 20  # what a frame may hold beyond ``max_message_bytes``: a value of that size, and its JSON
+FROM_BROKER = 1 << 40  # a worker's cap on what its broker sends: the broker is trusted, the check is of the format
 CHUNK = 256 * 1024  # bytes read at a time; a frame larger than this is read straight into its own block
 MAX_READS = 64  # reads per `LaneReader.read`, so that one chatty worker cannot starve the others
 IOV_MAX = 512  # buffers given to one writev
@@ -94,6 +97,7 @@ class LaneReader:
     def __init__(self, fd: int, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.fd = fd
         self.max_message_bytes = max_message_bytes
+        self.max_frame = max_message_bytes + JSON_ALLOWANCE
         self._buf = bytearray()
         self._block: bytearray | None = None  # a large frame's body, read into place
         self._got = 0
@@ -146,8 +150,8 @@ class LaneReader:
                     return
                 lengths = list(struct.unpack_from(f"<{count}Q", buf, HEADER.size)) if count else []
                 total = json_length + sum(lengths)
-                if total > self.max_message_bytes:
-                    raise LaneError(f"a lane frame of {total} bytes is over the cap of {self.max_message_bytes}")
+                if total > self.max_frame:
+                    raise LaneError(f"a lane frame of {total} bytes is over the cap of {self.max_frame}")
                 del buf[:start]
                 self._pending = (kind, id, json_length, lengths)
             kind, id, json_length, lengths = self._pending
