@@ -100,8 +100,10 @@ class ProcessWatch:
 
     def ended(self, wait: float = 0.0) -> bool:
         """Whether the process has ended (waiting up to ``wait`` seconds for it to show)."""
-        if self.fd is not None:
-            return bool(select.select([self.fd], [], [], wait)[0])
+        if self.fd is not None:  # poll, not select: a busy host has descriptors past select's 1024
+            poller = select.poll()
+            poller.register(self.fd, select.POLLIN)
+            return bool(poller.poll(wait * 1000))
         return self.poll() is not None
 
     def kill(self) -> None:
