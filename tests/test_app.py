@@ -520,3 +520,67 @@ def test_a_module_is_reloaded_when_its_file_changes(tmp_path):
 
     with WorkerBroker(warm_workers=0) as broker:
         assert asyncio.run(main(broker)) == [1, 2]
+
+
+class _Recording:
+    """An upstream API under /api/ and an internal service beside it, on loopback; both record what reaches
+    them (path and Host header)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.hits: list[tuple[int, str, str | None]] = []
+        hits = self.hits
+        servers: list = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append((self.server.server_address[1], self.path, self.headers.get("Host")))
+                if self.path == "/api/redirect":
+                    self.send_response(302)
+                    self.send_header("Location", f"http://127.0.0.1:{servers[1].server_address[1]}/secret")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = f"served {self.path}".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        for _ in range(2):
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            servers.append(server)
+        self.servers = servers
+        self.api = f"http://127.0.0.1:{servers[0].server_address[1]}/api/"
+        self.internal_port = servers[1].server_address[1]
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+def test_the_fetch_proxy_is_no_confused_deputy():
+    """It fetches beneath its upstream only: no redirect followed, no `..` out of its prefix, no Host forged."""
+    recording = _Recording()
+    try:
+        with make_broker(recording.api) as broker:
+            fetch = broker.worker_fn_proxy(FETCH_PROXY, "fetch")
+            redirected = fetch(recording.api + "redirect")
+            assert redirected.status == 302  # handed back, not followed
+            assert fetch(recording.api + "../admin/delete-everything").status == 403
+            assert fetch(recording.api + "%2e%2e/admin").status == 403
+            assert (
+                fetch(recording.api + "x", headers={"Host": "internal.example", "Accept": "text/plain"}).status == 200
+            )
+        assert not any(port == recording.internal_port for port, _, _ in recording.hits), recording.hits
+        assert not any("admin" in path for _, path, _ in recording.hits), recording.hits
+        assert [host for _, path, host in recording.hits if path == "/api/x"] == [recording.api.split("/")[2]]
+    finally:
+        recording.close()
