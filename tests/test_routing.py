@@ -220,13 +220,12 @@ def test_a_dotted_name_runs_only_the_file_its_constructor_saw(tmp_path, monkeypa
     workdir.mkdir()
     (hostdir / "wb_shadowed_helpers.py").write_text("def who():\n    return 'the host's copy'\n")
     (workdir / "wb_shadowed_helpers.py").write_text("def who():\n    return 'a tenant's file'\n")
-    monkeypatch.syspath_prepend(str(hostdir))  # the host finds hostdir's; a worker started in workdir, its own
-    monkeypatch.chdir(workdir)
+    monkeypatch.chdir(hostdir)  # the host finds hostdir's copy; the worker, started in workdir, its own
     seen = []
 
     def construct(module, segregation_id):
         seen.append(module)
-        return WorkerSpec()
+        return WorkerSpec(cwd=str(workdir))
 
     with WorkerBroker(worker_constructor=construct, warm_workers=0, call_timeout=TIMEOUT) as b:
         with pytest.raises(ImportError, match="will not run a module it was not launched for"):

@@ -28,7 +28,7 @@ from worker_kernel.codec import (
     exception_from_wire,
     exception_to_wire,
 )
-from worker_kernel.loader import is_file_spec, located_file, module_name_for, resolve_module
+from worker_kernel.loader import is_file_spec, module_file, module_name_for, resolve_module
 from worker_kernel.messages import RELAYED, WB_CALL, WB_DEBUG, WB_IMPORT, WB_INSPECT, BrokerRequest, Reply
 from worker_kernel.proxy import FunctionProxy, ModuleProxy, make_function
 from worker_kernel.transport import curve_keys, is_loopback
@@ -579,7 +579,7 @@ class WorkerBroker:
         try:
             return self._origins[module]
         except KeyError:
-            found = self._origins[module] = located_file(module)
+            found = self._origins[module] = module_file(module)
             return found
 
     def _with_source(self, worker: Worker, content: dict[str, Any]) -> dict[str, Any]:

@@ -87,29 +87,10 @@ def module_name_for(canonical: str) -> str:
     return os.path.splitext(os.path.basename(canonical))[0] if is_file_spec(canonical) else canonical
 
 
-def located_file(canonical: str) -> str | None:
-    """The real path of the file a canonical module would be executed from, found without running any code
-    (a dotted name's packages are not imported, as `importlib.util.find_spec` would); None if there is none."""
-    if is_file_spec(canonical):
-        return canonical
-    from importlib.machinery import PathFinder
-
-    search: list[str] | None = None
-    found = None
-    parts = canonical.split(".")
-    for depth in range(1, len(parts) + 1):
-        found = PathFinder.find_spec(".".join(parts[:depth]), search)
-        if found is None:
-            return None
-        search = list(found.submodule_search_locations or [])
-    if found is None or not found.has_location or not found.origin:
-        return None
-    return os.path.realpath(found.origin)
-
-
 def module_file(canonical: str) -> str | None:
-    """The source file of a canonical module on this machine, found without importing (running) anything of it
-    or of its packages; None if it has none here (a built-in module, say)."""
+    """The real path of a canonical module's source file on this machine, found as a worker started in the
+    working directory would find it, without importing (running) anything of it or of its packages; None if it
+    has none here (a built-in module, say)."""
     if is_file_spec(canonical):
         return canonical if os.path.isfile(canonical) else None
     import importlib.machinery
@@ -124,7 +105,7 @@ def module_file(canonical: str) -> str | None:
         if found is None:
             return None
         search = list(found.submodule_search_locations) if found.submodule_search_locations is not None else None
-    return found.origin if found is not None and found.has_location and found.origin else None
+    return os.path.realpath(found.origin) if found is not None and found.has_location and found.origin else None
 
 
 def source_path(canonical: str) -> str:
@@ -149,7 +130,7 @@ def load_module(canonical: str, *, fresh: bool = False) -> ModuleType:
     a sandboxed worker (`isolate_module_folders`): it imports what its ``sys.path`` holds, nothing beside it.
     """
     if canonical in expected_files and canonical not in shipped:
-        found, expected = located_file(canonical), expected_files[canonical]
+        found, expected = module_file(canonical), expected_files[canonical]
         if found != expected:
             raise ImportError(
                 f"{canonical!r} is {found or 'no file'} in this worker, but {expected or 'no file'} where the broker"
