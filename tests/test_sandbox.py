@@ -234,25 +234,30 @@ def test_the_modules_beside_its_own_are_out_of_reach(sandbox):
     assert attacks.read_file(ATTACKS).startswith('"""Escape attempts')  # its own module it reads
 
 
-def test_a_package_reads_its_own_folder_and_hooks_their_own_file(sandbox, tmp_path):
-    package = tmp_path / "untrusted" / "pkg"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text(
-        "import os\n\ndef data():\n    return open(os.path.join(os.path.dirname(__file__), 'data.txt')).read()\n"
-    )
-    (package / "data.txt").write_text("the package's own data")
-    (tmp_path / "untrusted" / "other.py").write_text("SECRET = 1\n")
+def test_a_module_named_init_reads_its_own_file_only(sandbox, tmp_path):
+    """A tenant's module called ``__init__.py`` in a shared folder: its own file, not its neighbours. A package's
+    other files are the package's only when ``read`` grants its folder; hooks get their own file."""
+    tenants = tmp_path / "untrusted"
+    tenants.mkdir()
+    init = tenants / "__init__.py"
+    init.write_text((UNTRUSTED / "attacks.py").read_text())
+    (tenants / "other.py").write_text("SECRET = 1\n")
+    (tenants / "data.txt").write_text("the package's own data")
     (tmp_path / "hooks_dir").mkdir()
     (tmp_path / "hooks_dir" / "beside_the_hooks.txt").write_text("not for workers")
     hooks = tmp_path / "hooks_dir" / "hooks.py"
     hooks.write_text((WORKERS / "hooks.py").read_text())
-    broker, attacks = sandbox(Permissions(), hooks=str(hooks))
+    _, attacks = sandbox(Permissions(), target=str(init), hooks=str(hooks))
     assert attacks.hello("x") == "Hello x"
-    assert broker.worker_proxy(package / "__init__.py").data() == "the package's own data"
-    for denied in (tmp_path / "untrusted" / "other.py", tmp_path / "hooks_dir" / "beside_the_hooks.txt"):
+    assert attacks.read_file(str(init)).startswith('"""Escape attempts')
+    for denied in (tenants / "other.py", tenants / "data.txt", tmp_path / "hooks_dir" / "beside_the_hooks.txt"):
         with pytest.raises(PermissionError):
             attacks.read_file(str(denied))
+    with pytest.raises(PermissionError):
+        attacks.list_dir(str(tenants))
     assert attacks.read_file(str(hooks)).startswith('"""Entry hooks')
+    _, package = sandbox(Permissions(read=[tenants]), target=str(init))
+    assert package.read_file(str(tenants / "data.txt")) == "the package's own data"
 
 
 def test_a_module_replaced_by_a_new_file_needs_a_new_worker(sandbox, tmp_path):
@@ -327,6 +332,21 @@ def test_net_ports_allow_tcp_to_those_ports_only(sandbox, listener):
         assert listener.count() == (1, 0)
     finally:
         other.close()
+
+
+def test_net_ports_allow_plain_tcp_only(sandbox, listener):
+    """MPTCP and SCTP make connections that Landlock's TCP port rules do not see: with ``net=[ports]`` the
+    kernel lets a worker make plain TCP sockets only, in either IP family."""
+    allowed = Listener()
+    try:
+        _, attacks = sandbox(Permissions(read=[ATTACKS], net=[allowed.port], ffi=True))
+        outcome = attacks.libc_stream_protocols(listener.port)
+        assert "AF_INET/SOCK_STREAM/262" in outcome and set(outcome.values()) == {"socket: EPERM"}, outcome
+        assert listener.count() == (0, 0)
+        assert attacks.tcp_connect(allowed.port) == "connected"  # socket(AF_INET, SOCK_STREAM, IPPROTO_TCP)
+        assert allowed.count() == (1, 0)
+    finally:
+        allowed.close()
 
 
 @contextlib.contextmanager
@@ -946,8 +966,12 @@ def test_the_plan_grants_a_module_its_own_file_not_its_folder(tmp_path):
     repo = os.path.realpath(Path(__file__).parent.parent)
     assert not allows(rules, repo, FS_READ_DIR)  # a development install's project folder is not listable either
     assert allows(rules, os.path.join(WORKER_KERNEL, "kernel.py"), FS_READ_FILE)  # the worker's own code is
-    package_rules = Plan(replace(config, module=str(package / "__init__.py")), {}, MACHINE).rules
-    assert allows(package_rules, str(package / "data.txt"), FS_READ_FILE)
+    package_config = replace(config, module=str(package / "__init__.py"))
+    package_rules = Plan(package_config, {}, MACHINE).rules
+    assert allows(package_rules, str(package / "__init__.py"), FS_READ_FILE)
+    assert not allows(package_rules, str(package / "data.txt"), FS_READ_FILE)  # its own file, whatever its name
+    granted = replace(package_config, permissions=Permissions(read=[package]))
+    assert allows(Plan(granted, {}, MACHINE).rules, str(package / "data.txt"), FS_READ_FILE)
 
 
 @linux
@@ -1023,7 +1047,7 @@ def test_the_filter_program_decides_as_its_rules_say():
                 return rule.action
         return ALLOW
 
-    telling = [0, 1, 2, 4, 17, 24, 1234, 0x20, 0x24, 0x6, 0x10000 | 0x100, 0x20000000, 0x5412, 0x7F00_1234_5678]
+    telling = [0, 1, 2, 4, 17, 24, 132, 262, 1234, 0x20, 0x24, 0x6, 0x10100, 0x20000000, 0x5412, 0x7F00_1234_5678]
     vectors = [(v, v, v, v, v, v) for v in telling] + [(0, v, 0, v, 0, 0) for v in telling]
     for permissions in (
         Permissions(),
@@ -1049,6 +1073,13 @@ def test_the_filter_denies_fast_open_and_connect_without_net():
         program = seccomp_program(permissions, 7, 1234)
         assert _run_filter(program, "connect", (3, 0, 16)) == connect, permissions
         assert _run_filter(program, "socket", (socket.AF_INET, socket.SOCK_STREAM)) == tcp_socket
+        stream = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+        assert _run_filter(program, "socket", (socket.AF_INET6, stream, socket.IPPROTO_TCP)) == tcp_socket
+        for family, kind, protocol in ((socket.AF_INET, stream, 262), (socket.AF_INET6, stream, 132)):
+            expected = ALLOW if permissions.net is True else DENIED  # MPTCP, SCTP: Landlock does not see them
+            assert _run_filter(program, "socket", (family, kind, protocol)) == expected
+        assert _run_filter(program, "socketpair", (socket.AF_UNIX, stream)) == ALLOW
+        assert _run_filter(program, "socketpair", (socket.AF_INET, stream)) == DENIED
         for name, flags_arg in (("sendto", 3), ("sendmsg", 2), ("sendmmsg", 3)):
             args = [3, 0, 0, 0, 0, 0]
             args[flags_arg] = fastopen | socket.MSG_DONTWAIT

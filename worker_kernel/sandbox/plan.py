@@ -151,12 +151,11 @@ def allows(rules: Iterable[Rule], path: str, right: int) -> bool:
     return False
 
 
-def own_files(module_file: str) -> str:
-    """What a sandboxed worker may read of its own module: the file alone, or for a package (its
-    ``__init__.py``) the package's folder. Never the folder around a module: the modules beside it are other
-    tenants' code and secrets."""
-    real = real_path(module_file)
-    return os.path.dirname(real) if os.path.basename(real) == "__init__.py" else real
+def own_file(module_file: str) -> str:
+    """What a sandboxed worker may read of its own module: the file alone, whatever its name. Never the folder
+    around it, not even for an ``__init__.py``: the files beside it may be other tenants' code and secrets (a
+    tenant may name its module ``__init__.py``), so a package's other files are granted by ``read``."""
+    return real_path(module_file)
 
 
 def _elf_interpreter(path: str) -> str | None:
@@ -342,7 +341,7 @@ class Plan:
         rules += _grant("/dev/null", FS_READ_FILE | FS_WRITE_FILE | FS_TRUNCATE, [])
         for own in (self.config.module, self.hooks_file):  # its own module and its hooks, not their folders
             if own and os.path.exists(own):
-                rules += _grant(own_files(own), READ | execute, hide)
+                rules += _grant(own_file(own), READ | execute, hide)
         for path in _granted(p.read):
             rules += _grant(path, READ | execute, hide)
         for path in _granted(p.write):

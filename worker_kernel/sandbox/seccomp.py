@@ -27,6 +27,7 @@ CLONE_NAMESPACES = 0x7E020000  # NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER |
 
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 SOCK_STREAM, SOCK_TYPE_MASK = 1, 0xF
+IPPROTO_TCP = 6
 MSG_FASTOPEN = 0x20000000
 PROT_WRITE, PROT_EXEC, MAP_ANONYMOUS = 2, 4, 0x20
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
@@ -144,21 +145,23 @@ def seccomp_rules(p: Permissions, abi: int, pid: int, exec_path: int = 0, guard_
         rules.append(SeccompRule("execve", allow, (Check(0, exec_path & FULL), Check(0, exec_path >> 32, high=True))))
         rules += [SeccompRule(name, deny) for name in ("fork", "vfork", "execve", "execveat")]
     rules.append(SeccompRule("clone", deny))
-    # sockets: connected stream pairs (asyncio's self-pipe) always; socket() as net says; never listen() or
+    # sockets: connected AF_UNIX stream pairs (asyncio's self-pipe) always; socket() as net says; never listen() or
     # bind() without net=True (Landlock does not see the port listen() picks). Without net=True, no TCP Fast Open
     # (a connect inside sendto, sendmsg or sendmmsg, which Landlock does not see) on any socket: the listening
     # sockets a worker inherits and the connections ZeroMQ accepts on them can be freed for a new connection
     # (shutdown, connect(AF_UNSPEC)) without socket(); and without net, no connect() at all (where Landlock
     # cannot filter TCP, ABI < 4, nothing else would stop one)
-    rules.append(SeccompRule("socketpair", allow, (Check(1, SOCK_STREAM, SOCK_TYPE_MASK),)))
+    rules.append(SeccompRule("socketpair", allow, (Check(0, AF_UNIX), Check(1, SOCK_STREAM, SOCK_TYPE_MASK))))
     rules.append(SeccompRule("socketpair", deny))
     if p.net is True:
         if not p.sys:
             rules.append(SeccompRule("socket", deny, (Check(0, AF_UNIX),)))
     else:
-        if p.net:
+        if p.net:  # plain TCP only: Landlock's port rules cover no other protocol (MPTCP, SCTP) a stream can be
             for family in (AF_INET, AF_INET6):
-                rules.append(SeccompRule("socket", allow, (Check(0, family), Check(1, SOCK_STREAM, SOCK_TYPE_MASK))))
+                for protocol in (0, IPPROTO_TCP):
+                    stream = (Check(0, family), Check(1, SOCK_STREAM, SOCK_TYPE_MASK), Check(2, protocol))
+                    rules.append(SeccompRule("socket", allow, stream))
         else:
             rules.append(SeccompRule("connect", deny))
         rules += [SeccompRule(name, deny) for name in ("socket", "listen", "bind")]

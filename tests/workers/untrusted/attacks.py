@@ -138,6 +138,38 @@ def libc_tcp_connect(port: int) -> str:
         lib.close(fd)
 
 
+IPPROTO_SCTP, IPPROTO_MPTCP = 132, 262
+
+
+def libc_stream_protocols(port: int) -> dict:
+    """socket() and connect() to 127.0.0.1:port, straight to the kernel, for every kind of connected socket but
+    plain TCP that an IP family offers: MPTCP and SCTP (one-to-one streams, seqpacket), over IPv4 and IPv6
+    (v4-mapped). Landlock's port rules are about TCP only."""
+    import struct
+
+    ctypes, lib = _libc()
+    v4 = _sockaddr_in(ctypes, port)
+    raw6 = struct.pack("=H", socket.AF_INET6) + struct.pack(
+        "!HI16sI", port, 0, socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1"), 0
+    )
+    v6 = ctypes.create_string_buffer(raw6, 28)
+    outcome = {}
+    for family, address, size in ((socket.AF_INET, v4, 16), (socket.AF_INET6, v6, 28)):
+        for kind, protocol in ((socket.SOCK_STREAM, IPPROTO_MPTCP), (socket.SOCK_STREAM, IPPROTO_SCTP),
+                               (socket.SOCK_SEQPACKET, IPPROTO_SCTP), (socket.SOCK_STREAM, 99)):  # fmt: skip
+            name = f"{family.name}/{socket.SocketKind(kind).name}/{protocol}"
+            fd = lib.socket(family, kind | socket.SOCK_CLOEXEC, protocol)
+            if fd < 0:
+                outcome[name] = "socket: " + _errno(ctypes)
+                continue
+            try:
+                ok = lib.connect(fd, address, size) == 0 and lib.send(fd, b"escaped", 7, 0) == 7
+                outcome[name] = "connected" if ok else "connect: " + _errno(ctypes)
+            finally:
+                lib.close(fd)
+    return outcome
+
+
 def inherited_sockets() -> dict:
     """The TCP sockets this worker holds, by descriptor: ZeroMQ's listening sockets (which the confiner bound and
     the worker inherited) and the connections it accepted on them, as {fd: (local port, listening)}. Found with
