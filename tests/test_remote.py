@@ -444,12 +444,15 @@ def _public_key() -> str:
         (["--port-range", "5..6"], "is not within 1024..65535"),
         (["--port-range", "lots"], "must be LOW..HIGH"),
         ([], "Connection refused"),  # nobody at the response address: the worker it started is ended
+        (None, "Connection refused"),  # the same, told in the environment, as the container provisioners do
     ],
 )
 def test_the_launcher_fails_clearly_and_leaves_no_worker(tmp_path, extra, expected):
-    command = [sys.executable, "-m", "worker_kernel.launcher", "--kernel-id", "k1", "--public-key", _public_key()]
-    command += ["--response-address", "127.0.0.1:1", "--ip", "127.0.0.1", *extra]
-    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where it puts the worker's connection file
+    protocol = {"KERNEL_ID": "k1", "PUBLIC_KEY": _public_key(), "RESPONSE_ADDRESS": "127.0.0.1:1"}
+    command = [sys.executable, "-m", "worker_kernel.launcher", "--ip", "127.0.0.1"]
+    if extra is not None:
+        command += [f"--{name.lower().replace('_', '-')}={value}" for name, value in protocol.items()] + extra
+    env = {**os.environ, "TMPDIR": str(tmp_path), **(protocol if extra is None else {})}
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         _, err = launcher.communicate(timeout=WAIT)
