@@ -775,6 +775,21 @@ def test_a_thread_bomb_is_bounded_by_the_memory_limit(sandbox):
     assert other.hello("after") == "Hello after"
 
 
+def test_kernel_memory_a_worker_can_pin_is_bounded(sandbox):
+    """Queued bytes in sockets and pipes live in the kernel, outside ``memory_limit``: the number of open files
+    bounds how many a worker holds, and their buffers stay at the system's defaults."""
+    _, attacks = sandbox(memory_limit=256_000_000)
+    hoard = attacks.socket_hoard(600)  # 600 pairs of default buffers: about 250 MB where nothing stops it
+    assert hoard["error"] == "EMFILE" and hoard["pairs"] < 128, hoard  # RLIMIT_NOFILE: 256 open files
+    assert hoard["queued"] < 128 * 2**20, hoard  # about 50 MiB with Linux's default buffers
+    raised = attacks.socket_hoard(4, 4 * 2**20)  # SO_SNDBUF, SO_RCVBUF of 4 MiB: 16 MiB a pair where allowed
+    assert raised["error"] is None and raised["queued"] < 4 * 2**20, raised
+    with pytest.raises(PermissionError):
+        attacks.pipe_hoard(4, 2**20)  # F_SETPIPE_SZ
+    assert attacks.socketpair_works() == b"pair"  # all of it was given back
+    assert attacks.hello("after") == "Hello after"
+
+
 def test_a_cpu_hog_is_killed_by_its_cpu_limit(sandbox):
     broker, attacks = sandbox(cpu_seconds=1)
     other = broker.worker_proxy(WORKERS / "hello.py")
@@ -1090,6 +1105,19 @@ def test_the_filter_denies_fast_open_and_connect_without_net():
         assert _run_filter(program, "read") == ALLOW
         assert _run_filter(program, 0x40000000 | NR["read"]) == KILL  # the x32 ABI
         assert _run_filter(program, NR["read"], arch=0x40000003) == KILL  # i386
+
+
+def test_the_filter_keeps_socket_and_pipe_buffers_at_their_defaults():
+    no_effect = 0x00050000
+    for permissions in (Permissions(), Permissions.all()):
+        program = seccomp_program(permissions, 7, 1234)
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            assert _run_filter(program, "setsockopt", (3, socket.SOL_SOCKET, option)) == no_effect
+        assert _run_filter(program, "setsockopt", (3, socket.SOL_SOCKET, socket.SO_KEEPALIVE)) == ALLOW
+        assert _run_filter(program, "setsockopt", (3, socket.IPPROTO_TCP, socket.SO_SNDBUF)) == ALLOW  # another level
+        assert _run_filter(program, "fcntl", (3, 1031, 2**20)) == DENIED  # F_SETPIPE_SZ
+        assert _run_filter(program, "fcntl", (3, 1032)) == ALLOW  # F_GETPIPE_SZ
+        assert _run_filter(program, "fcntl", (3, 4, os.O_NONBLOCK)) == ALLOW  # F_SETFL
 
 
 def test_the_filter_lets_only_the_confiners_execve_through():

@@ -367,10 +367,21 @@ def _drop_capabilities() -> None:
         raise SandboxError("the worker could not drop its capabilities")
 
 
+# Open files of a sandboxed worker (RLIMIT_NOFILE). A worker holds about 25 (ZeroMQ's sockets and their
+# epoll and eventfds, the lane, asyncio's self-pipe, stdio), at fd numbers below 40. The limit bounds the
+# kernel memory a worker can pin outside its address space: every socket's and pipe's queued bytes (seccomp
+# keeps their buffers at the system's defaults), and the fds in flight over its sockets (counted against it).
+OPEN_FILES = 256
+
+
 def _limits(config: SandboxConfig) -> None:
     import resource
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if config.permissions is not None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        files = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
     if config.memory_limit is not None:
         resource.setrlimit(resource.RLIMIT_AS, (config.memory_limit, config.memory_limit))
     if config.cpu_seconds is not None:

@@ -31,6 +31,7 @@ IPPROTO_TCP = 6
 MSG_FASTOPEN = 0x20000000
 PROT_WRITE, PROT_EXEC, MAP_ANONYMOUS = 2, 4, 0x20
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+SOL_SOCKET, SO_SNDBUF, SO_RCVBUF, F_SETPIPE_SZ = 1, 7, 8, 1031
 SIGXCPU = 24
 
 # x86_64 system call numbers (the tests check them against asm/unistd_64.h where it is installed)
@@ -38,9 +39,10 @@ NR = {
     "read": 0, "write": 1, "poll": 7, "mmap": 9, "mprotect": 10, "rt_sigaction": 13, "ioctl": 16,
     "sched_yield": 24, "shmget": 29, "shmat": 30, "shmctl": 31, "getpid": 39, "socket": 41, "connect": 42,
     "sendto": 44, "recvfrom": 45, "sendmsg": 46, "recvmsg": 47, "bind": 49, "listen": 50, "socketpair": 53,
-    "clone": 56, "fork": 57, "vfork": 58, "execve": 59, "kill": 62, "semget": 64, "semop": 65, "semctl": 66,
-    "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "chmod": 90, "fchmod": 91, "chown": 92, "fchown": 93,
-    "lchown": 94, "sysinfo": 99, "ptrace": 101, "syslog": 103, "rt_sigqueueinfo": 129, "utime": 132,
+    "setsockopt": 54, "clone": 56, "fork": 57, "vfork": 58, "execve": 59, "kill": 62, "semget": 64, "semop": 65,
+    "semctl": 66, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "fcntl": 72, "chmod": 90, "fchmod": 91,
+    "chown": 92, "fchown": 93, "lchown": 94, "sysinfo": 99, "ptrace": 101, "syslog": 103, "rt_sigqueueinfo": 129,
+    "utime": 132,
     "uselib": 134, "personality": 135, "setpriority": 141, "sched_setparam": 142, "sched_setscheduler": 144,
     "vhangup": 153, "modify_ldt": 154, "pivot_root": 155, "adjtimex": 159, "chroot": 161, "acct": 163,
     "settimeofday": 164, "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168, "reboot": 169,
@@ -165,6 +167,12 @@ def seccomp_rules(p: Permissions, abi: int, pid: int, exec_path: int = 0, guard_
         else:
             rules.append(SeccompRule("connect", deny))
         rules += [SeccompRule(name, deny) for name in ("socket", "listen", "bind")]
+    # kernel memory outside the address space: sockets and pipes keep the system's default buffers (a larger
+    # one is what a socket or pipe can queue: up to net.core.wmem_max, fs.pipe-max-size, megabytes each, where
+    # RLIMIT_NOFILE bounds only their number). Setting a socket's buffer succeeds without effect: libzmq
+    # aborts on a refusal
+    rules += [SeccompRule("setsockopt", NO_EFFECT, (Check(1, SOL_SOCKET), Check(2, o))) for o in (SO_SNDBUF, SO_RCVBUF)]
+    rules.append(SeccompRule("fcntl", deny, (Check(1, F_SETPIPE_SZ),)))
     # other processes: limits and priorities of this process only; scheduling of this process, and calls about
     # another thread or process succeed without effect (a filter cannot tell this process's threads from
     # others, and ZeroMQ's threads set their own scheduling, taking a refusal for a fatal error)

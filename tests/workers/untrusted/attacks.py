@@ -6,6 +6,7 @@ they need ``ffi``, and report the errno the kernel answered (or what got through
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -493,6 +494,53 @@ def thread_bomb() -> int:
             threading.Thread(target=stop.wait, daemon=True).start()
     finally:
         stop.set()
+
+
+def socket_hoard(pairs: int, buffer: int = 0) -> dict:
+    """Kernel memory outside the address space: connected socket pairs, each end's buffer (raised to
+    ``buffer`` bytes if given) filled with bytes nobody reads. What it got, what the kernel queued."""
+    keep: list = []
+    queued, error = 0, None
+    chunk = b"x" * 65536
+    try:
+        for _ in range(pairs):
+            a, b = socket.socketpair()
+            keep += (a, b)
+            for s in (a, b):
+                if buffer:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+                s.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        queued += s.send(chunk)
+    except OSError as exc:
+        error = errno.errorcode.get(exc.errno, str(exc.errno))
+    finally:
+        for s in keep:
+            s.close()
+    return {"pairs": len(keep) // 2, "queued": queued, "error": error}
+
+
+def pipe_hoard(pipes: int, size: int) -> int:
+    """The same with pipes, each grown to ``size`` bytes (F_SETPIPE_SZ) and filled: the bytes queued."""
+    import fcntl
+
+    keep: list = []
+    queued = 0
+    try:
+        for _ in range(pipes):
+            r, w = os.pipe()
+            keep += (r, w)
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)
+            os.set_blocking(w, False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    queued += os.write(w, b"x" * 65536)
+    finally:
+        for fd in keep:
+            os.close(fd)
+    return queued
 
 
 def spin() -> None:
