@@ -11,7 +11,9 @@ import io
 import json
 import math
 import os
+import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -86,8 +88,9 @@ def test_output_without_a_call_goes_to_the_hosts_streams(brokered, capsys):
     _, hostile, _ = brokered
     assert hostile.orphan_output(3) == 3
     assert hostile.echo("sync") == "sync"  # iopub is drained before the next reply is waited for
-    out = capsys.readouterr().out
-    assert "orphan" in out or out == ""  # printed, or not yet: either way nothing else was disturbed
+    out, err = capsys.readouterr()
+    assert "orphan" not in out  # never passed off as a call's output
+    assert "orphan" not in err or "hostile_kernel.py] " in err  # labelled as the worker's, if shown yet
 
 
 def test_other_workers_keep_answering_through_an_output_flood(brokered, capsys):
@@ -112,11 +115,6 @@ def test_an_output_flood_is_capped(brokered, capsys):
     assert len(out) <= 2 * 1024 * 1024 and "printed too much: the rest is truncated" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="broker._within_output_cap notes the cut again for the line after the one that crossed the cap: its"
-    " 'already cut' test should be `room < 0`, not `room + len(text) <= 0` (broker.py is being rewritten)",
-)
 def test_the_output_cap_is_noted_once_when_output_comes_line_by_line(brokered, capsys):
     _, hostile, _ = brokered
     assert hostile.flood_output(2000, 10_000) == 2000
@@ -229,3 +227,53 @@ class _redirected:
 
 def test_the_fuzz_strategies_reach_json_special_values():
     assert json.loads(json.dumps({"t": math.nan}, allow_nan=True))["t"] != 0  # NaN travels, as a fuzzed value may
+
+
+# -- the host's terminal: what a worker prints or raises reaches it as text (red team findings 03 and 04) --------------
+
+ESCAPES = str(WORKERS / "escapes.py")
+UNSAFE = ("\x1b", "\x07", "\r", "\u202e")
+
+
+def test_output_that_belongs_to_no_call_is_labelled_as_the_workers(capsys):
+    with WorkerBroker(call_timeout=60, warm_workers=0) as broker:
+        escapes = broker.worker_proxy(ESCAPES)
+        assert escapes.stray() == "returned"
+        pid = broker.worker_for(ESCAPES).pid
+    out, err = capsys.readouterr()
+    assert out == ""  # nothing passed off as a call's output (or the host's own)
+    assert f'[worker {pid} escapes.py] {{"status": "ok", "balance": 1000000}}\n' in err
+    assert f"[worker {pid} escapes.py] INFO:host: all checks passedERROR overwritten\n" in err
+
+
+def test_a_calls_output_loses_carriage_returns_and_bidirectional_overrides(capsys):
+    with WorkerBroker(call_timeout=60, warm_workers=0) as broker:
+        assert broker.worker_proxy(ESCAPES).printed() == "ok"
+    out = capsys.readouterr().out
+    assert out == "visible-lineFORGED host line overwrites\nabcdesrever\n"
+
+
+HOST_UNCAUGHT = textwrap.dedent(
+    """
+    import sys
+    from wb_magic import WorkerBroker
+    with WorkerBroker(call_timeout=60, warm_workers=0) as broker:
+        getattr(broker.worker_proxy(sys.argv[1]), sys.argv[2])()
+    """
+)
+
+
+@pytest.mark.parametrize("function", ["boom", "boom2"])
+def test_a_remote_exception_reaches_a_plain_scripts_terminal_as_text(function):
+    """Uncaught in a plain script, printed by Python's own excepthook, message, class name and remote traceback
+    carry no escape sequence, carriage return or bidirectional override."""
+    done = subprocess.run(
+        [sys.executable, "-c", HOST_UNCAUGHT, ESCAPES, function], capture_output=True, timeout=120, check=False
+    )
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 1, err
+    assert "PWNED-TITLE" in err and f"in {function}" in err  # the message and the remote traceback are shown
+    assert "Remote traceback" in err or "RemoteTraceback" in err  # a note; on Python 3.10, the chained cause
+    assert not [c for c in UNSAFE if c in err], err
+    if function == "boom2":
+        assert "RemoteError: escapes.Bad[31mName: x[5mblink" in err

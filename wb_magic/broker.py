@@ -42,6 +42,7 @@ from .launcher import WorkerSpec, launch
 from .links import JupyterLink, LaneLink, Link, ProcessWatch
 from .policy import CallPolicy, default_rule, scrub_error
 from .pump import Pump
+from .safe_text import printable, printable_error
 from .stdio import output_for
 from .worker import Call, Worker, WorkerInfo
 
@@ -639,7 +640,7 @@ class WorkerBroker:
         try:
             if content.get("status") == "ok":
                 return decode_value(content.get("value"), msg.buffers)
-            error = exception_from_wire(content, msg.buffers)
+            error = exception_from_wire(printable_error(content), msg.buffers)
         except DecodeError as exc:
             raise WorkerBrokerError(f"worker {call.worker.key!r} sent a reply that is not valid: {exc}") from None
         raise error
@@ -722,18 +723,24 @@ class WorkerBroker:
             self._end(call)
 
     def _output_arrived(self, worker: Worker, call_id: Any, content: dict[str, Any]) -> None:
+        """Output of a call goes where the call's caller sees it; output that belongs to no call (written after
+        its call returned, or by a thread of the worker's own) is never passed off as a call's: it goes to the
+        host's stderr at once, each line labelled with the worker, at a capped rate. Either way as text:
+        `safe_text.printable`."""
         stream = messages.stream(content)
         if stream is None:
             return
         name, text = stream
         call = worker.pending.get(call_id) if call_id is not None else None
-        target = (call.stderr if name == "stderr" else call.stdout) if call is not None else None
-        if target is None:
-            target = sys.stderr if name == "stderr" else sys.stdout
-        text = self._within_output_cap(worker, call, text)
+        if call is not None:
+            target = call.stderr if name == "stderr" else call.stdout
+            shown = printable(self._within_output_cap(worker, call, text))
+        else:
+            target = sys.stderr
+            shown = _labelled(_worker_label(worker), printable(self._within_output_cap(worker, None, text)))
         try:
-            if text:
-                target.write(text.translate(_CONTROL_CHARACTERS))
+            if shown and target is not None:
+                target.write(shown)
         except Exception:
             log.exception("could not show output from worker %r", worker.key)
         if call is not None:
@@ -744,7 +751,8 @@ class WorkerBroker:
 
     def _within_output_cap(self, worker: Worker, call: Call | None, text: str) -> str:
         """What of ``text`` may be shown: MAX_OUTPUT_BYTES a call, STRAY_OUTPUT_RATE a second for output that
-        belongs to no call; past that, one line says that output was cut."""
+        belongs to no call; past that, one line says that output was cut (once per call, and once each time
+        the rate's budget runs out)."""
         if call is not None:
             room = MAX_OUTPUT_BYTES - call.output_bytes
             call.output_bytes += len(text)
@@ -756,13 +764,10 @@ class WorkerBroker:
             worker.stray_output += len(text)
         if len(text) <= room:
             return text
-        if room + len(text) <= 0:
-            return ""  # already cut
+        if room < 0:
+            return ""  # cut already, and said so
         what = f"{call.function}()" if call is not None else "worker output"
-        return (
-            text[: max(0, room)]
-            + f"\n[wb-magic: {what} of worker {worker.key!r} printed too much: the rest is truncated]\n"
-        )
+        return text[:room] + f"\n[wb-magic: {what} of worker {worker.key!r} printed too much: the rest is truncated]\n"
 
     def _request_arrived(self, source: Worker, request: BrokerRequest) -> None:
         """A worker calls another: resolve the target against the caller's module, stamp the caller, send."""
@@ -914,9 +919,16 @@ class WorkerBroker:
             worker.link.request_shutdown()
 
 
-# Terminal control sequences from an untrusted worker could rewrite the screen, set the window title or reach
-# the clipboard (OSC 52): output keeps tabs and line breaks and loses every other control character.
-_CONTROL_CHARACTERS = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)])
+def _worker_label(worker: Worker) -> str:
+    """How the host's stderr names a worker (as `wb_magic.stdio` does): ``worker <pid> <module file>``."""
+    return printable(f"worker {worker.pid} {os.path.basename(worker.module)}").replace("\n", " ")
+
+
+def _labelled(label: str, text: str) -> str:
+    """``text`` (printable already) as whole lines, each beginning ``[label]``."""
+    if not text:
+        return ""
+    return "".join(f"[{label}] {line}\n" for line in text.rstrip("\n").split("\n"))
 
 
 def _confined(pid: int | None) -> bool:

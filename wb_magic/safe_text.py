@@ -10,8 +10,9 @@ other than it is. So every such text keeps its line feeds and tabs and loses the
 from __future__ import annotations
 
 import re
+from typing import Any
 
-__all__ = ["printable"]
+__all__ = ["printable", "printable_error"]
 
 # C0 controls but the tab and the line feed (escape sequences, the bell, the carriage return), DEL and the C1
 # controls (0x9B is a one-byte CSI), and the invisible characters that reorder or hide text (bidirectional
@@ -26,3 +27,21 @@ def printable(text: str) -> str:
     """``text`` without terminal control characters and invisible reordering characters; tabs and line feeds
     stay."""
     return _UNSAFE.sub("", text)
+
+
+def printable_error(content: dict[str, Any]) -> dict[str, Any]:
+    """A worker's error reply with every text the rebuilt exception shows made `printable`: the type's name and
+    module (a `RemoteError`'s ``type_name``), the message, the remote traceback (the note a rebuilt exception
+    carries), and the arguments that are strings (``str(exc)`` of a built-in type is its one argument). Nested
+    values stay as they are: an exception shows them by ``repr``, which escapes such characters."""
+    cleaned = dict(content)
+    for field in ("ename", "emodule", "evalue"):
+        if field in cleaned:
+            cleaned[field] = printable(str(cleaned[field]))
+    tb = cleaned.get("traceback")
+    if isinstance(tb, list):
+        cleaned["traceback"] = [printable(str(line)) for line in tb]
+    args = cleaned.get("eargs")
+    if isinstance(args, list):
+        cleaned["eargs"] = [printable(arg) if isinstance(arg, str) else arg for arg in args]
+    return cleaned
