@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,89 @@ def test_a_sandboxed_workers_flood_leaves_the_hosts_memory_within_the_bound():
     assert outcome["lane_within_cap"] == "sent"
     assert "broke the lane's format" in outcome["lane_announce"]
     assert outcome["growth"] <= 2 * outcome["max_message_bytes"] + 64 * MiB
+
+
+# -- red team findings 02 and 05: a worker that asks for more than it takes -----------------------------------------
+
+BACKPRESSURE = str(WORKERS / "untrusted" / "backpressure.py")
+
+ROUTE_TO_SELF = textwrap.dedent(
+    """
+    import json, resource, sys
+    import psutil
+    from wb_magic import Permissions, WorkerBroker, WorkerSpec
+
+    HOG = sys.argv[1]
+    spec = WorkerSpec(permissions=Permissions(read=[HOG]), memory_limit=512 << 20)
+    outcome = {}
+    with WorkerBroker(call_timeout=600, warm_workers=0, worker_constructor=lambda m, s: spec) as broker:
+        hog = broker.worker_proxy(HOG)
+        hog.hello("first")
+        before = psutil.Process().memory_info().rss
+        outcome["sent"] = hog.route_to_self(12, 32)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        outcome["growth"] = peak - before
+        outcome["answers"] = hog.answers(12)
+        outcome["after"] = hog.hello("after")
+        outcome["max_message_bytes"] = broker.max_message_bytes
+    print(json.dumps(outcome))
+    """
+)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or landlock_abi() < 1, reason="needs a sandbox that confines (Landlock)"
+)
+def test_calls_routed_to_a_worker_that_does_not_read_are_refused_within_the_bound():
+    """Finding 02: a sandboxed worker routes 12 calls of 32 MiB to itself and reads nothing meanwhile. The host
+    queues at most ``max_message_bytes`` toward a worker and on one worker's behalf; the rest fail at once in the
+    caller with a clear error, and the host's RSS stays within 2 x max_message_bytes + 64 MiB (it was 12 x 32)."""
+    done = subprocess.run(
+        [sys.executable, "-c", ROUTE_TO_SELF, BACKPRESSURE], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    print("host RSS growth under the routed flood:", outcome["growth"] // MiB, "MiB")
+    assert outcome["sent"] == "sent" and outcome["after"] == "Hello after"
+    refused = [a for a in outcome["answers"] if a != "ok"]
+    assert len(refused) >= 10, outcome["answers"]
+    for message in refused:
+        assert "the broker holds at most" in message and "was refused" in message, message
+    assert outcome["growth"] <= 2 * outcome["max_message_bytes"] + 64 * MiB
+
+
+def test_a_worker_that_floods_requests_and_reads_no_answer_is_not_read_and_starves_nobody():
+    """Finding 05: a sandboxed worker writes 200,000 small requests that the broker refuses and never reads the
+    answers. The broker stops reading it once UNREAD_ANSWERS bytes of answers wait for it, handles at most
+    MAX_FRAMES of its frames a turn meanwhile, and the other workers' calls are answered all along."""
+    from wb_magic import broker as broker_module
+
+    spec = WorkerSpec(permissions=Permissions(read=[BACKPRESSURE]))
+    with WorkerBroker(call_timeout=600, warm_workers=0, worker_constructor=lambda m, s: spec) as broker:
+        chatty, honest = broker.worker_proxy(BACKPRESSURE), broker.worker_proxy(HELLO)
+        assert chatty.hello("first") == "Hello first"
+        worker = broker.worker_for(BACKPRESSURE)
+        outcome: list = []
+        flood = threading.Thread(target=lambda: outcome.append(_outcome(chatty.refused_flood, 200_000)), daemon=True)
+        flood.start()
+        answered = 0
+        while not getattr(worker.link, "paused", False) and flood.is_alive():  # each call waits on the pump
+            assert honest.hello(str(answered)) == f"Hello {answered}"
+            answered += 1
+        assert not outcome, f"the broker read all its requests: {outcome} ({answered} calls to another worker)"
+        print(f"not read any more after {answered} calls to another worker")
+        handled = worker.requests_handled
+        assert 0 < handled < 200_000 // 4  # throttled: its answers' bytes over the bound, a few thousand requests
+        assert worker.unread_answers <= broker_module.UNREAD_ANSWERS + lane.MAX_READS * lane.CHUNK
+        for i in range(20):  # and it stays so
+            assert honest.hello(f"after {i}") == f"Hello after {i}"
+        assert worker.requests_handled == handled and flood.is_alive() and not outcome
+    flood.join(timeout=60)
+    assert outcome and isinstance(outcome[0], WorkerDied)  # closing the broker ended it
+
+
+def _outcome(function, *args):
+    try:
+        return function(*args)
+    except Exception as exc:
+        return exc

@@ -62,6 +62,8 @@ MAX_OUTPUT_BYTES = 1 << 20  # characters of output shown per call; the rest is c
 STRAY_OUTPUT_RATE = 64 * 1024  # characters a second of output that belongs to no call
 DEFAULT_MAX_WORKERS = 64  # worker processes at once; at the limit the least recently used idle one is evicted
 DEFAULT_SANDBOX_QUOTA = 4  # live workers that calls from one sandboxed worker (and its delegates) may have started
+MAX_REQUESTS_IN_FLIGHT = 1024  # worker-to-worker requests of one worker being served at once; more are refused
+UNREAD_ANSWERS = 4 << 20  # bytes of answers a worker has not taken, past which it is not read until it takes them
 
 
 class WorkerBroker:
@@ -543,10 +545,19 @@ class WorkerBroker:
         return messages.call(module, self._busters.get(module), function, encoded_args, encoded_kwargs, segregation_id)
 
     def _send_call(
-        self, worker: Worker, call: Call, msg_type: str, content: dict, buffers: list, routed: Any = None
+        self,
+        worker: Worker,
+        call: Call,
+        msg_type: str,
+        content: dict,
+        buffers: list,
+        routed: Any = None,
+        source: Worker | None = None,
     ) -> Callable[[], None]:
         """Register ``call`` on ``worker``; returns the action that sends it, to run on the pump. ``routed`` is
-        the trace context of a worker-to-worker request (a dict, perhaps empty), None for the host's own."""
+        the trace context of a worker-to-worker request (a dict, perhaps empty), None for the host's own;
+        ``source``, the worker that made that request: its call is refused (`WorkerBrokerError`) rather than
+        queued past what the host holds toward ``worker``, or on ``source``'s behalf (`_admit`)."""
         if worker.remote:
             content = self._with_source(worker, content)
         module = content.get("module")
@@ -556,16 +567,25 @@ class WorkerBroker:
             call.trace = tracing.tracer.start(worker, msg_type, content, routed)
         link = worker.link
         encoded = link.request(msg_type, call.msg_id, content, buffers)
+        try:
+            release = self._admit(source, worker, encoded) if source is not None else None
+        except WorkerBrokerError as exc:
+            if call.trace is not None:  # the span of a call that was refused
+                call.error = exc
+                _end_trace(call)
+            raise
         worker.calls += 1
         worker.pending[call.msg_id] = call
 
         def send() -> None:
             if worker.dead or self._workers.get(worker.key) is not worker:
+                if release is not None:
+                    release()
                 call.unsent = True  # removed (by a cleaner, say) between our choosing it and sending: retried
                 self._end(call, WorkerDied(f"worker {worker.key!r} ended before the call was sent"))
                 return
             try:
-                link.send(encoded)
+                link.send(encoded, release)
             except Exception as exc:  # never leave a call waiting for the reply to a message that did not leave
                 self._end(call, WorkerBrokerError(f"the call to worker {worker.key!r} could not be sent: {exc}"))
                 return
@@ -582,6 +602,50 @@ class WorkerBroker:
         except KeyError:
             found = self._origins[module] = module_file(module)
             return found
+
+    def _admit(self, source: Worker, target: Worker, encoded: Any) -> Callable[[], None]:
+        """Count a routed call's bytes against what the host may hold toward ``target`` and on ``source``'s
+        behalf, each at most ``max_message_bytes`` (one call always fits an empty queue); over either, refuse
+        it. Returns what releases them once the call has left the host (or will never leave). On the pump."""
+        n = _size(encoded)
+        limit = self.max_message_bytes
+        queued = target.link.queued
+        if queued and queued + n > limit:
+            raise WorkerBrokerError(
+                f"worker {target.key!r} is not taking what the broker sends it: {queued} bytes wait for it already,"
+                f" and the broker holds at most {limit} bytes toward a worker (a call of {n} bytes was refused)"
+            )
+        if source.routed_bytes and source.routed_bytes + n > limit:
+            raise WorkerBrokerError(
+                f"{source.routed_bytes} bytes of calls of worker {source.key!r} still wait for their workers to take"
+                f" them, and the broker holds at most {limit} bytes on one worker's behalf (a call of {n} bytes was"
+                " refused)"
+            )
+        source.routed_bytes += n
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                source.routed_bytes -= n
+
+        return release
+
+    def _answers_account(self, worker: Worker) -> Callable[[int], None]:
+        """Counts the bytes of answers queued toward ``worker``: while more than UNREAD_ANSWERS wait, the worker
+        is not read (it asks for more than it takes); it is read again once half of them have left."""
+
+        def account(n: int) -> None:
+            worker.unread_answers += n
+            if worker.dead:
+                return
+            if worker.unread_answers > UNREAD_ANSWERS:
+                worker.link.pause(True)
+            elif worker.unread_answers <= UNREAD_ANSWERS // 2:
+                worker.link.pause(False)
+
+        return account
 
     def _with_source(self, worker: Worker, content: dict[str, Any]) -> dict[str, Any]:
         """``content`` with the source of its module, the first time ``worker`` (on another host) needs it
@@ -777,13 +841,20 @@ class WorkerBroker:
                 return
             if content.get("status") == "error" and source.spec.sandboxed:
                 content = scrub_error(content, source.spec, source.modules)
+            account = self._answers_account(source)
             try:
-                source.link.answer(request, content, buffers)
+                source.link.answer(request, content, buffers, account)
             except (TypeError, ValueError) as exc:  # the target's reply cannot be re-encoded (a lone surrogate, say)
                 error = WorkerBrokerError(f"the reply could not be passed on: {exc}")
-                source.link.answer(request, messages.error(exception_to_wire(error, [])))
+                source.link.answer(request, messages.error(exception_to_wire(error, [])), (), account)
 
+        source.requests_handled += 1
         try:
+            if source.requests_in_flight >= MAX_REQUESTS_IN_FLIGHT:
+                raise WorkerBrokerError(
+                    f"worker {source.key!r} has {source.requests_in_flight} calls to other workers in flight already"
+                    f" (at most {MAX_REQUESTS_IN_FLIGHT})"
+                )
             request.check()
             function: str = request.function  # type: ignore[assignment]  # checked
             claimed = request.source_module
@@ -820,6 +891,7 @@ class WorkerBroker:
                     origin.stderr if origin else None)  # fmt: skip
 
         def relay(call: Call) -> None:
+            source.requests_in_flight -= 1
             if call.error is not None:
                 answer(messages.error(exception_to_wire(call.error, [])))
             else:
@@ -839,7 +911,7 @@ class WorkerBroker:
         try:
             trace = request.trace
             send = self._send_call(
-                target, call, WB_CALL, content, request.buffers, trace if isinstance(trace, dict) else {}
+                target, call, WB_CALL, content, request.buffers, trace if isinstance(trace, dict) else {}, source
             )
         except (TypeError, ValueError) as exc:  # arguments JSON cannot carry on (a lone surrogate, say)
             answer(messages.error(exception_to_wire(TypeError(f"the call could not be encoded: {exc}"), [])))
@@ -848,6 +920,7 @@ class WorkerBroker:
             target.pending.pop(call.msg_id, None)
             answer(messages.error(exception_to_wire(exc, [])))
             return
+        source.requests_in_flight += 1  # until `relay` answers it, however the call ends
         send()
         timeout = request.timeout
         if timeout:
@@ -917,6 +990,14 @@ class WorkerBroker:
     def _request_shutdown(self, worker: Worker) -> None:
         if not worker.dead:
             worker.link.request_shutdown()
+
+
+def _size(encoded: list[Any]) -> int:
+    """The bytes of an encoded message (bytes, memoryviews, zmq.Frames)."""
+    total = 0
+    for part in encoded:
+        total += part.nbytes if type(part) is memoryview else len(part)
+    return total
 
 
 def _worker_label(worker: Worker) -> str:

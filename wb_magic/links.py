@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wb_magic")
 
 MAX_DRAIN = 256  # messages taken from one socket per turn, so that one chatty worker cannot starve the rest
+MAX_FRAMES = 64  # frames taken from one lane per turn, for the same reason
 DISCONNECT_GRACE = 0.5  # how long a dropped connection waits for the worker's exit before it counts as misconduct
 HEARTBEAT_INTERVAL = 0.5  # seconds between pings to a worker whose process we cannot watch
 HEARTBEAT_TIMEOUT = 3.0  # silence after which such a worker counts as dead
@@ -155,12 +156,30 @@ class Link:
         """Encode a request now (raises TypeError/ValueError if it cannot be); `send` sends it on the pump."""
         raise NotImplementedError
 
-    def send(self, encoded: Any) -> None:
+    def send(self, encoded: Any, on_written: Callable[[], None] | None = None) -> None:
+        """Send (on the pump). ``on_written()`` is called once the message has left the host's queue for the
+        worker (at once where the link cannot tell)."""
         raise NotImplementedError
 
-    def answer(self, request: BrokerRequest, content: dict[str, Any], buffers: Any = ()) -> None:
-        """Answer a worker's broker request (on the pump). Raises TypeError/ValueError if it cannot be encoded."""
+    def answer(
+        self,
+        request: BrokerRequest,
+        content: dict[str, Any],
+        buffers: Any = (),
+        account: Callable[[int], None] | None = None,
+    ) -> None:
+        """Answer a worker's broker request (on the pump). Raises TypeError/ValueError if it cannot be encoded.
+        ``account(n)`` is told the answer's size when it is queued and ``account(-n)`` once it has left the
+        host's queue for the worker (not at all where the link cannot tell)."""
         raise NotImplementedError
+
+    @property
+    def queued(self) -> int:
+        """Bytes the host holds for the worker that it has not taken yet."""
+        return 0
+
+    def pause(self, paused: bool) -> None:
+        """Stop reading what the worker sends (or read on): backpressure for a worker that does not read."""
 
     def interrupt(self, call_id: Any) -> None:
         """Interrupt one call (or, with None, all the worker runs). On the pump."""
@@ -197,6 +216,7 @@ class LaneLink(Link):
         self._events: LinkEvents | None = None
         self._worker: Worker | None = None
         self._writing = False
+        self.paused = False  # not read until the worker takes what it asked for (see `pause`)
         self.closed = False
 
     def launched(self) -> None:
@@ -215,11 +235,38 @@ class LaneLink(Link):
     def request(self, msg_type: str, call_id: Any, content: dict[str, Any], buffers: list[Any]) -> list[Any]:
         return lane.encode(LANE_KIND[msg_type], call_id, content, buffers)
 
-    def send(self, encoded: Any) -> None:
-        self._write(self.writer.send, encoded)
+    def send(self, encoded: Any, on_written: Callable[[], None] | None = None) -> None:
+        if self.closed:
+            if on_written is not None:
+                on_written()
+            return
+        self._write(self.writer.send, encoded, on_written)
 
-    def answer(self, request: BrokerRequest, content: dict[str, Any], buffers: Any = ()) -> None:
-        self.send(lane.encode(lane.BROKER_REPLY, request.reply_to, content, buffers))
+    def answer(
+        self,
+        request: BrokerRequest,
+        content: dict[str, Any],
+        buffers: Any = (),
+        account: Callable[[int], None] | None = None,
+    ) -> None:
+        parts = lane.encode(lane.BROKER_REPLY, request.reply_to, content, buffers)
+        if account is None:
+            self.send(parts)
+            return
+        n = lane.size(parts)
+        account(n)
+        self.send(parts, lambda: account(-n))
+
+    @property
+    def queued(self) -> int:
+        return self.writer.queued
+
+    def pause(self, paused: bool) -> None:
+        if paused == self.paused or self.closed:
+            return
+        self.paused = paused
+        assert self._pump is not None
+        self._pump.want_read(self.fd, not paused)
 
     def interrupt(self, call_id: Any) -> None:
         self._control_record(lane.INTERRUPT, call_id or 0)
@@ -253,10 +300,14 @@ class LaneLink(Link):
             self._write(self.writer.flush)
         if self.closed:
             return
+        if self.paused:  # called because the lane turned writable, or the worker hung up
+            if _hung_up(self.fd):
+                self._closed_by_worker()
+            return
         events, worker = self._events, self._worker
         assert events is not None and worker is not None
         try:
-            frames = self.reader.read()
+            frames = self.reader.read(MAX_FRAMES)
         except lane.LaneError as exc:
             events._end_worker(worker, f"it broke the lane's format ({exc})")
             return
@@ -278,6 +329,9 @@ class LaneLink(Link):
             else:
                 events._end_worker(worker, f"it sent a lane frame of an unknown kind ({kind})")
                 return
+        if self.reader.buffered and not self.closed:
+            assert self._pump is not None
+            self._pump.mark(self.fd)  # frames read but not handled: the next turn, after the other workers'
 
     def _closed_by_worker(self) -> None:
         events, worker = self._events, self._worker
@@ -293,6 +347,7 @@ class LaneLink(Link):
         self.closed = True
         if self._pump is not None:
             self._pump.unregister(self.fd)
+        self.writer.discard()
         self._sock.close()
         _close(self._control)
         self.launched()  # if the launch failed, our copies of the worker's ends are still open
@@ -330,12 +385,20 @@ class JupyterLink(Link):
     def request(self, msg_type: str, call_id: Any, content: dict[str, Any], buffers: list[Any]) -> list[Any]:
         return self.session.message(msg_type, content, buffers=buffers, msg_id=call_id)[1]
 
-    def send(self, encoded: Any) -> None:
+    def send(self, encoded: Any, on_written: Callable[[], None] | None = None) -> None:
         self._send(self.connection.shell, encoded)
+        if on_written is not None:
+            on_written()
 
-    def answer(self, request: BrokerRequest, content: dict[str, Any], buffers: Any = ()) -> None:
+    def answer(
+        self,
+        request: BrokerRequest,
+        content: dict[str, Any],
+        buffers: Any = (),
+        account: Callable[[int], None] | None = None,
+    ) -> None:
         _, frames = self.session.message("wb_broker_reply", content, parent=request.reply_to, buffers=buffers)
-        self._send(self.connection.stdin, frames)
+        self._send(self.connection.stdin, frames)  # ZeroMQ's queue: a worker that lets it fill up is ended
 
     def interrupt(self, call_id: Any) -> None:
         content = {"wb_call_id": call_id} if call_id is not None else {}
@@ -473,6 +536,13 @@ def _close(fd: int) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+def _hung_up(fd: int) -> bool:
+    """Whether the peer of a socket has closed it (without reading what it holds)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
 
 def _ignore(_: object) -> None:

@@ -52,6 +52,7 @@ class Pump:
         self._by_fd: dict[int, Callable[[], None]] = {}
         self._dirty: set[int] = set()  # descriptors of sockets to look at whether or not epoll says so
         self._writers: set[int] = set()  # descriptors watched for room to write too (see want_write)
+        self._muted: set[int] = set()  # descriptors not watched for reading (see want_read)
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = count()
         self._async_pending = 0
@@ -85,6 +86,7 @@ class Pump:
             self._by_fd.pop(fd, None)
             self._dirty.discard(fd)
             self._writers.discard(fd)
+            self._muted.discard(fd)
             self._epoll.unregister(fd)
         self._on_loops(lambda loop: _forget(loop, fd))
 
@@ -99,12 +101,35 @@ class Pump:
                 self._writers.add(fd)
             else:
                 self._writers.discard(fd)
-            self._epoll.modify(fd, select.EPOLLIN | (select.EPOLLOUT if wanted else 0))
+            self._epoll.modify(fd, self._events(fd))
         if wanted:
             self._wake()  # the leader may be asleep in epoll_wait with the old mask
             self._on_loops(lambda loop: loop.add_writer(fd, self.turn, fd))
         else:
             self._on_loops(lambda loop: loop.remove_writer(fd))
+
+    def want_read(self, source: int, wanted: bool) -> None:
+        """Stop (or resume) calling the handler of a registered descriptor when it is readable: a worker that
+        does not read what it asked for is not read either until it does (backpressure). Its handler is still
+        called when the descriptor turns writable (`want_write`), or hangs up."""
+        with self._cv:
+            fd = self._fds.get(source)
+            if fd is None or (fd not in self._muted) == wanted:
+                return
+            if wanted:
+                self._muted.discard(fd)
+                self._dirty.add(fd)  # what was read already may hold frames
+            else:
+                self._muted.add(fd)
+            self._epoll.modify(fd, self._events(fd))
+        if wanted:
+            self._wake()
+            self._on_loops(lambda loop: loop.add_reader(fd, self.turn, fd))
+        else:
+            self._on_loops(lambda loop: loop.remove_reader(fd))
+
+    def _events(self, fd: int) -> int:
+        return (0 if fd in self._muted else select.EPOLLIN) | (select.EPOLLOUT if fd in self._writers else 0)
 
     def soon(self, action: Callable[[], None]) -> None:
         """Run ``action`` on the pump: now if this thread can lead, else by the leader at its next turn."""
@@ -277,7 +302,8 @@ class Pump:
         with self._cv:
             self._loops = [known for known in self._loops if not known.is_closed()] + [loop]
         for fd in list(self._fds.values()):
-            loop.add_reader(fd, self.turn, fd)
+            if fd not in self._muted:
+                loop.add_reader(fd, self.turn, fd)
         for fd in list(self._writers):
             loop.add_writer(fd, self.turn, fd)
 

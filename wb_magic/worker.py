@@ -97,6 +97,13 @@ class Worker:
         self.stray_output = 0.0  # output budget for streams that belong to no call (a leaky bucket, in bytes)
         self.stray_checked = 0.0
         self.calls = 0
+        # its worker-to-worker requests (the broker's _request_arrived): how many were handled, how many wait for
+        # their answer, and for backpressure, the bytes of its routed calls still queued toward their targets and
+        # of its answers queued toward it
+        self.requests_handled = 0
+        self.requests_in_flight = 0
+        self.routed_bytes = 0
+        self.unread_answers = 0
         self.created = time.time()  # wall clock, for people
         self.last_used = time.monotonic()  # monotonic, for idle timeouts
         self.lock = threading.Lock()

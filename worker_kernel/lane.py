@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import wire
@@ -102,12 +102,19 @@ class LaneReader:
         self._block: bytearray | None = None  # a large frame's body, read into place
         self._got = 0
         self._pending: tuple[int, int, int, list[int]] | None = None  # kind, id, json length, buffer lengths
+        self._limit = 0  # frames per `read` (0: no limit)
 
-    def read(self) -> list[Frame]:
+    def read(self, max_frames: int = 0) -> list[Frame]:
         """The frames that are complete now (perhaps none). Raises `LaneClosed` at the end of the stream and
         `LaneError` for a malformed frame. What it returns holds at most one frame larger than `CHUNK`, so that
-        what one worker makes the host hold stays within ``max_message_bytes`` and a chunk."""
+        what one worker makes the host hold stays within ``max_message_bytes`` and a chunk; and, with
+        ``max_frames``, at most that many frames: the rest wait, read already, for the next call (`buffered`)."""
         frames: list[Frame] = []
+        self._limit = max_frames
+        if self._buf and self._block is None:
+            self._parse(frames)  # frames left from the last read come first
+            if self._full(frames):
+                return frames
         for _ in range(MAX_READS):
             block = self._block
             try:
@@ -130,13 +137,23 @@ class LaneReader:
                 raise LaneClosed("the lane was closed" + (" in the middle of a frame" if self._buf else ""))
             self._buf += data
             self._parse(frames)
+            if self._full(frames):
+                return frames
             if len(data) < CHUNK and self._block is None:
                 return frames  # the stream is drained (a short read); no need to ask again
         return frames
 
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes already read wait to be parsed (`read` stopped at ``max_frames``)."""
+        return bool(self._buf) and self._block is None
+
+    def _full(self, frames: list[Frame]) -> bool:
+        return 0 < self._limit <= len(frames)
+
     def _parse(self, frames: list[Frame]) -> None:
         buf = self._buf
-        while True:
+        while not self._full(frames):
             if self._pending is None:
                 if len(buf) < HEADER.size:
                     return
@@ -190,19 +207,28 @@ class LaneReader:
 
 class LaneWriter:
     """Writes frames to a descriptor. What the descriptor cannot take now waits in order (`pending`) until
-    `flush`: the broker's end is non-blocking, and its pump flushes when the descriptor turns writable."""
+    `flush`: the broker's end is non-blocking, and its pump flushes when the descriptor turns writable.
+
+    ``queued`` counts the bytes that wait, so that the broker can bound what it holds toward a worker; a frame
+    sent with ``on_written`` has it called once its last byte has left (or the lane has closed)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._queue: deque[Any] = deque()
+        self.queued = 0  # bytes waiting to be written
+        self._written = 0  # bytes written so far, for the marks
+        self._marks: deque[tuple[int, Callable[[], None]]] = deque()  # (end of a frame in bytes, on_written)
 
     @property
     def pending(self) -> bool:
         return bool(self._queue)
 
-    def send(self, parts: Sequence[Any]) -> bool:
+    def send(self, parts: Sequence[Any], on_written: Callable[[], None] | None = None) -> bool:
         """Queue one frame's parts and write what the descriptor takes; True if all of it has left."""
         self._queue.extend(parts)
+        self.queued += size(parts)
+        if on_written is not None:
+            self._marks.append((self._written + self.queued, on_written))
         return self.flush()
 
     def flush(self) -> bool:
@@ -215,8 +241,10 @@ class LaneWriter:
             except (BlockingIOError, InterruptedError):
                 return False
             except (BrokenPipeError, ConnectionResetError) as exc:
-                queue.clear()
+                self.discard()
                 raise LaneClosed(f"the lane was closed: {exc}") from None
+            self.queued -= written
+            self._written += written
             while queue:
                 part = queue[0]
                 n = len(part) if type(part) is bytes else part.nbytes
@@ -227,7 +255,18 @@ class LaneWriter:
                     if written:
                         queue[0] = memoryview(part)[written:] if type(part) is bytes else part[written:]
                     break
+            marks = self._marks
+            while marks and marks[0][0] <= self._written:
+                marks.popleft()[1]()
         return True
+
+    def discard(self) -> None:
+        """Drop what waits (the lane has closed): every frame's ``on_written`` is called."""
+        self._queue.clear()
+        self.queued = 0
+        marks, self._marks = self._marks, deque()
+        for _, on_written in marks:
+            on_written()
 
 
 def control_record(kind: int, call_id: int = 0) -> bytes:
