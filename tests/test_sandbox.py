@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import signal
@@ -196,6 +197,19 @@ def test_reading_outside_its_paths_is_denied(sandbox, files):
         if os.path.exists(system_file):
             with pytest.raises(PermissionError):
                 attacks.read_file(system_file)
+
+
+def test_what_is_visible_anyway_of_a_path_it_may_not_read(sandbox, files):
+    """Not enforced (docs/security.md): a file's metadata and a link's target, wherever the path is."""
+    secret, _, _ = files
+    link = secret.parent / "link"
+    link.symlink_to(secret)
+    _, attacks = sandbox()
+    with pytest.raises(PermissionError):
+        attacks.read_file(str(secret))
+    assert attacks.metadata(str(secret))["size"] == len("the host's secret")
+    assert attacks.metadata(str(link))["link"] == str(secret)
+    assert "xattrs" in attacks.metadata(str(secret))
 
 
 def test_writing_outside_its_paths_is_denied(sandbox, files):
@@ -727,6 +741,19 @@ def test_without_ffi_there_is_no_foreign_function_interface(sandbox):
     assert native.python_exec_memory(ATTACKS) == "mapped"
 
 
+def test_without_ffi_numpy_still_reaches_the_workers_own_memory_and_the_kernel_still_confines_it(sandbox, files):
+    """Not enforced (docs/security.md): ffi=False does not stop raw reads and writes of the worker's own memory
+    through a library such as numpy. What such code can do stays inside Landlock and seccomp."""
+    secret, _, _ = files
+    _, attacks = sandbox(memory_limit=1_000_000_000)
+    assert attacks.numpy_raw_memory() == b"REWRITTEN BYTES!"  # an immutable bytes object, rewritten in place
+    with pytest.raises(PermissionError):
+        attacks.python_exec_memory(None)  # still no new executable memory
+    with pytest.raises(PermissionError):
+        attacks.read_file(str(secret))
+    assert attacks.loaded("_ctypes") is False
+
+
 def test_a_native_library_planted_in_a_readable_and_writable_folder_does_not_load(sandbox, tmp_path):
     import _json
 
@@ -788,6 +815,14 @@ def test_kernel_memory_a_worker_can_pin_is_bounded(sandbox):
         attacks.pipe_hoard(4, 2**20)  # F_SETPIPE_SZ
     assert attacks.socketpair_works() == b"pair"  # all of it was given back
     assert attacks.hello("after") == "Hello after"
+
+
+def test_cpu_seconds_count_from_the_workers_confinement_in_whole_seconds(sandbox):
+    """RLIMIT_CPU counts the process's whole CPU time in whole seconds: the soft limit is the CPU used before
+    confinement plus cpu_seconds, rounded up; the hard limit one second later."""
+    _, attacks = sandbox(cpu_seconds=2.5)
+    soft, hard, used = attacks.cpu_limit()
+    assert 3 <= soft <= math.ceil(used + 2.5) and hard == soft + 1, (soft, hard, used)
 
 
 def test_a_cpu_hog_is_killed_by_its_cpu_limit(sandbox):

@@ -56,6 +56,7 @@ NET_FILES = (
 )  # fmt: skip
 BIN_DIRS = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin")
 # extension modules that hand Python code a foreign-function interface or raw memory: unreadable without ffi
+# (not the only way to raw memory: numpy's strides are another, see docs/security.md)
 FFI_MODULES = ("_ctypes", "_ctypes_test", "_cffi_backend", "_testcapi", "_testinternalcapi", "_testbuffer",
                "_testmultiphase", "_testsinglephase", "_xxtestfuzz", "_testimportmultiple", "_testclinic")  # fmt: skip
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
