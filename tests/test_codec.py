@@ -217,3 +217,12 @@ def test_identity_through_real_workers(broker, workers_dir):
     loop.append(loop)
     back = identity.echo([loop, loop])
     assert back[0] is back[1] and back[0][1] is back[0]
+
+
+def test_an_unencodable_argument_is_named_by_its_place():
+    from worker_kernel.codec import Unencodable, encode_args
+
+    with pytest.raises(Unencodable, match=r"'builtins.object' at args\[1\]\['x'\]\[0\]"):
+        encode_args([1, {"x": [object()]}], {}, [])
+    with pytest.raises(Unencodable, match=r"at kwargs\['k'\]\[1\]"):
+        encode_args([], {"k": [1, object()]}, [])

@@ -252,14 +252,15 @@ def encode_args(args: list[Any], kwargs: dict[str, Any], buffers: list[Any]) -> 
     args list and the kwargs dict themselves are the call's own (never the caller's objects), so only what they
     hold is numbered."""
     memo = _Memo()
+    where = "args"
     try:
         encoded_args = [_encode_member(item, buffers, memo, i) for i, item in enumerate(args)]
+        where = "kwargs"
         encoded_kwargs = {k: _encode_member(item, buffers, memo, k) for k, item in kwargs.items()} if kwargs else {}
     except _Miss as miss:
-        where = "args" if not miss.path or isinstance(miss.path[-1], int) else "kwargs"
-        raise Unencodable(miss.type_name, where + "".join(_step(p) for p in reversed(miss.path))) from None
+        raise Unencodable(miss.type_name, where + "".join(reversed(miss.path))) from None
     except RecursionError:
-        raise TypeError(f"the arguments are nested too deeply (over {MAX_DEPTH} levels) to be sent") from None
+        raise TypeError(f"{where} is nested too deeply (over {MAX_DEPTH} levels) to be sent") from None
     if memo.refs:
         return {TAG: "graph", "v": encoded_args}, {TAG: "graph", "v": encoded_kwargs}
     return encoded_args, encoded_kwargs
@@ -269,12 +270,8 @@ def _encode_member(item: Any, buffers: list[Any], memo: _Memo, key: int | str) -
     try:
         return encode(item, buffers, 1, memo)
     except _Miss as miss:
-        miss.path.append(key)  # type: ignore[arg-type]
+        miss.path.append(f"[{key!r}]")
         raise
-
-
-def _step(part: Any) -> str:
-    return part if isinstance(part, str) and part.startswith(("[", "<")) else f"[{part!r}]"
 
 
 def _encode_checked(value: Any, buffers: list[Any], where: str, memo: _Memo) -> Any:
