@@ -277,3 +277,10 @@ def test_a_remote_exception_reaches_a_plain_scripts_terminal_as_text(function):
     assert not [c for c in UNSAFE if c in err], err
     if function == "boom2":
         assert "RemoteError: escapes.Bad[31mName: x[5mblink" in err
+
+
+def test_what_a_module_prints_as_it_is_imported_is_the_importing_calls_output(capsys):
+    with WorkerBroker(call_timeout=60, warm_workers=0) as broker:
+        assert broker.worker_fn_proxy(WORKERS / "prints_at_import.py", "answer")() == 42
+    out, err = capsys.readouterr()
+    assert out == "imported\n" and "imported" not in err  # the caller's, not labelled as output of no call

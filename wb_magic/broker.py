@@ -63,7 +63,7 @@ STRAY_OUTPUT_RATE = 64 * 1024  # characters a second of output that belongs to n
 DEFAULT_MAX_WORKERS = 64  # worker processes at once; at the limit the least recently used idle one is evicted
 DEFAULT_SANDBOX_QUOTA = 4  # live workers that calls from one sandboxed worker (and its delegates) may have started
 MAX_REQUESTS_IN_FLIGHT = 1024  # worker-to-worker requests of one worker being served at once; more are refused
-UNREAD_ANSWERS = 4 << 20  # bytes of answers a worker has not taken, past which it is not read until it takes them
+UNREAD_ANSWERS = 1 << 20  # bytes of answers a worker has not taken, past which it is not read until it takes them
 
 
 class WorkerBroker:

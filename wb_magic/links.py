@@ -19,6 +19,7 @@ import logging
 import os
 import select
 import socket
+from collections import deque
 from collections.abc import Callable, Iterator
 from itertools import count
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("wb_magic")
 
 MAX_DRAIN = 256  # messages taken from one socket per turn, so that one chatty worker cannot starve the rest
-MAX_FRAMES = 64  # frames taken from one lane per turn, for the same reason
+MAX_FRAMES = 64  # frames taken from one lane per turn, for the same reason ...
+MAX_REQUESTS = 8  # ... of which worker-to-worker requests (each costs the broker more than a reply)
 DISCONNECT_GRACE = 0.5  # how long a dropped connection waits for the worker's exit before it counts as misconduct
 HEARTBEAT_INTERVAL = 0.5  # seconds between pings to a worker whose process we cannot watch
 HEARTBEAT_TIMEOUT = 3.0  # silence after which such a worker counts as dead
@@ -217,6 +219,7 @@ class LaneLink(Link):
         self._worker: Worker | None = None
         self._writing = False
         self.paused = False  # not read until the worker takes what it asked for (see `pause`)
+        self._held: deque[lane.Frame] = deque()  # frames read but not handled yet (at most MAX_FRAMES a turn)
         self.closed = False
 
     def launched(self) -> None:
@@ -306,30 +309,35 @@ class LaneLink(Link):
             return
         events, worker = self._events, self._worker
         assert events is not None and worker is not None
-        try:
-            frames = self.reader.read(MAX_FRAMES)
-        except lane.LaneError as exc:
-            events._end_worker(worker, f"it broke the lane's format ({exc})")
-            return
-        except lane.LaneClosed:
-            self._closed_by_worker()
-            return
-        for frame in frames:
+        held = self._held
+        if not held:
+            try:
+                held.extend(self.reader.read(MAX_FRAMES))
+            except lane.LaneError as exc:
+                events._end_worker(worker, f"it broke the lane's format ({exc})")
+                return
+            except lane.LaneClosed:
+                self._closed_by_worker()
+                return
+        requests = 0
+        while held and requests < MAX_REQUESTS and not self.paused:
             if worker.dead:
                 return
+            frame = held.popleft()
             kind = frame.kind
             if kind == lane.REPLY:
                 events._reply_arrived(worker, frame.id, Reply(frame.content, frame.buffers))
             elif kind == lane.STREAM:
                 events._output_arrived(worker, frame.id or None, frame.content)
             elif kind == lane.BROKER:
+                requests += 1
                 events._request_arrived(
                     worker, BrokerRequest(frame.content, frame.buffers, frame.content.get("parent"), frame.id)
                 )
             else:
                 events._end_worker(worker, f"it sent a lane frame of an unknown kind ({kind})")
                 return
-        if self.reader.buffered and not self.closed:
+        if (held or self.reader.buffered) and not self.closed and not self.paused:
             assert self._pump is not None
             self._pump.mark(self.fd)  # frames read but not handled: the next turn, after the other workers'
 

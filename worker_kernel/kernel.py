@@ -516,12 +516,15 @@ class WorkerKernel:
             return
         c = msg.content
         request = _request(msg)
+        token: Any = current_request.set(request)  # what the module prints or calls as it is imported is this call's
         try:
             self._take_source(c)
             if "trace" in c and self._traced(msg, request) is not None:
                 module = _load_traced(request.trace, self.runner, str(c["module"]), c.get("cache_buster"))
             else:
                 module = self.runner.module(str(c["module"]), c.get("cache_buster"))
+            current_request.reset(token)
+            token = None
             fn, is_async = self.runner.function(module, str(c["function"]))
             args, kwargs = decode_args(c.get("args", []), c.get("kwargs", {}), msg.buffers)
             if not isinstance(args, list) or not isinstance(kwargs, dict):
@@ -538,6 +541,9 @@ class WorkerKernel:
         except BaseException as exc:
             self._error_reply(self.shell, msg, exc, request)
             return
+        finally:
+            if token is not None:
+                current_request.reset(token)
         if debugging.on:
             log.debug("call %s() of %s from %s", context.function, context.module, context.source_module or "the host")
         if is_async or self.runner.async_hooks:
@@ -639,6 +645,7 @@ class WorkerKernel:
             return
         c = msg.content
         request = _request(msg)
+        token = current_request.set(request)  # what the module prints or calls as it is imported is this request's
         try:
             self._take_source(c)
             if "trace" in c:
@@ -647,6 +654,8 @@ class WorkerKernel:
         except BaseException as exc:
             self._error_reply(self.shell, msg, exc, request)
             return
+        finally:
+            current_request.reset(token)
         content: dict[str, Any] = {"status": "ok"}
         if request.trace is not None:
             content["spans"] = request.trace.finish()
@@ -666,6 +675,7 @@ class WorkerKernel:
             return
         c = msg.content
         request = _request(msg)
+        token = current_request.set(request)  # what the module prints or calls as it is imported is this request's
         try:
             self._take_source(c)
             if "trace" in c and self._traced(msg, request) is not None:
@@ -676,6 +686,8 @@ class WorkerKernel:
         except BaseException as exc:
             self._error_reply(self.shell, msg, exc, request)
             return
+        finally:
+            current_request.reset(token)
         content = {"status": "ok", **description}
         if request.trace is not None:
             content["spans"] = request.trace.finish()
