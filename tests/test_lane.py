@@ -259,8 +259,8 @@ def test_a_worker_that_floods_requests_and_reads_no_answer_is_not_read_and_starv
             assert honest.hello(str(answered)) == f"Hello {answered}"
             answered += 1
         assert not outcome, f"the broker read all its requests: {outcome} ({answered} calls to another worker)"
-        print(f"not read any more after {answered} calls to another worker")
         handled = worker.requests_handled
+        print(f"not read any more after {handled} requests and {answered} calls to another worker")
         assert 0 < handled < 200_000 // 4  # throttled: its answers' bytes over the bound, a few thousand requests
         assert worker.unread_answers <= broker_module.UNREAD_ANSWERS + lane.MAX_READS * lane.CHUNK
         for i in range(20):  # and it stays so
