@@ -53,6 +53,7 @@ Handler = Callable[[Any], None]  # takes a Message, or a LaneRequest shaped like
 # What a worker puts off to answer its first call sooner (importing orjson), it does once it has been quiet for
 # IDLE_MS, or at the latest DEFERRED_S after it started serving, busy or not.
 IDLE_MS = 20
+MAX_EARLY_INTERRUPTS = 1024  # interrupted call ids remembered for calls that have not started yet
 DEFERRED_S = 0.5
 
 running: WorkerKernel | None = None  # the kernel of this process, once started (see `worker.broker_proxy`)
@@ -88,6 +89,9 @@ class WorkerKernel:
         self._sync_depth = 0  # > 0 while a synchronous call or execute runs on the main thread
         self._sync_calls: list[str] = []  # ids of the synchronous calls running, innermost last
         self._interrupt_target: str | int | None = None  # the call an interrupt_request (with wb_call_id) is for
+        # ids of calls an interrupt named (oldest first, at most MAX_EARLY_INTERRUPTS): one that arrives before its
+        # call has started (a timeout of a call still queued behind another) must stop it when it starts
+        self._interrupted: dict[str | int, None] = {}
         self.loop: Any = None  # the asyncio event loop, once an ``async def`` function is called
         self._tasks: dict[str, Any] = {}  # call id -> the asyncio task running it
         self._held: list[Message] | None = None  # requests waiting for a coroutine initial_call to finish
@@ -562,6 +566,9 @@ class WorkerKernel:
         error: BaseException | None = None
         trace = request.trace
         try:
+            # after the append: an interrupt either saw this call running (and signals it) or is seen here
+            if msg.msg_id in self._interrupted:
+                raise KeyboardInterrupt
             try:
                 _hook(trace, self.runner, "before_call", context) if trace else self.runner.before(context)
                 value = fn(*args, **kwargs) if self.loop is None else self._outside_loop(fn, args, kwargs)
@@ -570,6 +577,7 @@ class WorkerKernel:
         except BaseException as exc:
             error = exc
         finally:
+            self._interrupted.pop(msg.msg_id, None)
             self._sync_calls.pop()
             self._sync_depth -= 1
             current.reset(call_token)
@@ -613,6 +621,10 @@ class WorkerKernel:
         current.set(context)
         trace = request.trace
         try:
+            if msg.msg_id in self._interrupted:  # interrupted before its task was registered
+                import asyncio
+
+                raise asyncio.CancelledError
             try:
                 await _ahook(trace, self.runner, "before_call", context)
                 value = await fn(*args, **kwargs) if is_async else self._outside_loop(fn, args, kwargs)
@@ -624,6 +636,7 @@ class WorkerKernel:
         else:
             self._send_value(msg, request, value)
         finally:
+            self._interrupted.pop(msg.msg_id, None)
             self._tasks.pop(msg.msg_id, None)
             self.loop.call_soon(self._drain_all)
 
@@ -865,6 +878,10 @@ class WorkerKernel:
         self._interrupt_call(msg.content.get("wb_call_id"))
 
     def _interrupt_call(self, call_id: str | int | None) -> None:
+        if call_id is not None:  # first: a call that starts after this look finds it (see _run_sync)
+            self._interrupted[call_id] = None
+            if len(self._interrupted) > MAX_EARLY_INTERRUPTS:
+                del self._interrupted[next(iter(self._interrupted))]
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._cancel_tasks, call_id)
         running = self._sync_calls[-1] if self._sync_calls else None
