@@ -337,14 +337,14 @@ class WorkerBroker:
                 break
         return call
 
-    def describe(self, target: Any) -> tuple[Any, dict[str, Any]]:
+    def describe(self, target: Any, timeout: float | None = None) -> tuple[Any, dict[str, Any]]:
         module, segregation_id = target
         generation = self._busters.get(module)
         cached = self._descriptions.get(module)
         if cached is not None and cached[0] == generation:
             return cached
         content = messages.module_request(module, generation)
-        call = self._round_trip(module, segregation_id, WB_INSPECT, content, [], "<inspect>", None)
+        call = self._round_trip(module, segregation_id, WB_INSPECT, content, [], "<inspect>", timeout)
         self._outcome(call)
         found = (generation, messages.clean_description(call.reply.content))
         self._descriptions[module] = found

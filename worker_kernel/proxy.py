@@ -26,9 +26,10 @@ class Caller(Protocol):
 
     async def ainvoke(self, target: Any, function: str, args: tuple, kwargs: dict, timeout: float | None) -> Any: ...
 
-    def describe(self, target: Any) -> tuple[Any, dict[str, Any]] | None:
+    def describe(self, target: Any, timeout: float | None = None) -> tuple[Any, dict[str, Any]] | None:
         """``(generation, {"name":, "functions": {name: {signature, doc, is_async}}})``, or None if the caller
-        cannot look inside modules. ``generation`` changes when the module is reloaded."""
+        cannot look inside modules. ``generation`` changes when the module is reloaded. ``timeout`` is the
+        proxy's (the question starts the worker and imports the module: it is part of the proxy's first call)."""
         ...
 
     def module_name(self, target: Any) -> str: ...
@@ -119,7 +120,7 @@ class FunctionProxy:
         return FunctionProxy(self._wb_caller, self._wb_target, self.__name__, seconds)
 
     def _wb_info(self) -> dict[str, Any]:
-        found = self._wb_caller.describe(self._wb_target)
+        found = self._wb_caller.describe(self._wb_target, self._wb_timeout)
         functions = found[1].get("functions", {}) if found is not None else {}
         info = functions.get(self.__name__) if isinstance(functions, dict) else None
         if not isinstance(info, dict):
@@ -165,7 +166,7 @@ class ModuleProxy(types.ModuleType):
         self._wb_seen: tuple[Any, dict[str, Any]] | None = None
 
     def _wb_functions(self) -> dict[str, Any] | None:
-        found = self._wb_caller.describe(self._wb_target)
+        found = self._wb_caller.describe(self._wb_target, self._wb_timeout)
         if found is None:
             return None
         if self._wb_seen is not None and self._wb_seen[0] != found[0]:  # reloaded: forget stale signatures

@@ -91,7 +91,7 @@ class BrokerProxy:
         request.trace.end(span)
         return value
 
-    def describe(self, target: Any) -> None:
+    def describe(self, target: Any, timeout: float | None = None) -> None:
         return None
 
     def module_name(self, target: Any) -> str:
