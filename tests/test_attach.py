@@ -29,6 +29,7 @@ def test_attach_calls_and_shuts_down(foreign_kernel, workers_dir):
     with WorkerBroker(warm_workers=0) as broker:
         info = broker.attach(path, workers_dir / "values.py")
         assert info.pid is None and info.module == str(workers_dir / "values.py")
+        assert info.connection_file == path  # what `jupyter console --existing` takes
         values = broker.worker_proxy(workers_dir / "values.py")
         assert values.pid() == process.pid
         assert values.echo({"a": (1, 2)}) == {"a": (1, 2)}

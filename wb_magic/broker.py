@@ -28,8 +28,9 @@ from worker_kernel.codec import (
     exception_from_wire,
     exception_to_wire,
 )
-from worker_kernel.loader import is_file_spec, module_file, module_name_for, resolve_module
+from worker_kernel.loader import is_file_spec, module_file, module_name_for, resolve_module, split_target
 from worker_kernel.messages import RELAYED, WB_CALL, WB_DEBUG, WB_IMPORT, WB_INSPECT, BrokerRequest, Reply
+from worker_kernel.procstatus import is_confined, read_status
 from worker_kernel.proxy import FunctionProxy, ModuleProxy, make_function
 from worker_kernel.transport import curve_keys, is_loopback
 from worker_kernel.wire import Message, use_orjson
@@ -47,7 +48,6 @@ from .stdio import output_for
 from .worker import Call, Worker, WorkerInfo
 
 log = logging.getLogger("wb_magic")
-use_orjson()  # the host has no start-up to protect: the fast JSON from the first message
 
 Target = Any  # a module spec (path, file:// URL, dotted name) or (spec, segregation_id)
 KeySupplier = Callable[[str, "str | None"], Hashable]
@@ -128,6 +128,7 @@ class WorkerBroker:
             self._pool_wanted.set()
             self._pool_thread = threading.Thread(target=self._fill_pool, name="wb-warm-pool", daemon=True)
             self._pool_thread.start()
+        use_orjson()  # wb-magic's wire only (both encoders write the same JSON); workers switch once idle
         _live_brokers.add(self)
 
     # -- public API -------------------------------------------------------------------------------------------
@@ -269,6 +270,8 @@ class WorkerBroker:
             link = JupyterLink(self._context, info, self._identity, self.max_message_bytes)
             worker = Worker(key, module, segregation_id, WorkerSpec(lane=False), link, None)
             worker.remote = True  # it may run anywhere: it gets its modules' source from us
+            if not isinstance(connection_info, dict):
+                worker.attached_from = os.path.abspath(os.fspath(connection_info))
             self._open(worker)
             worker.answered = True  # it has been running: no start-up to wait for
             self._workers[key] = worker
@@ -325,10 +328,10 @@ class WorkerBroker:
                 await future
             except TimeoutError:
                 self._interrupt(worker, call)
-                self._abandon(call, CallTimeout(f"{function}() in worker {worker.key!r} took longer than {timeout} s"))
+                self._end(call, CallTimeout(f"{function}() in worker {worker.key!r} took longer than {timeout} s"))
             except asyncio.CancelledError:
                 self._interrupt(worker, call)
-                self._abandon(call, WorkerBrokerError("cancelled"))
+                self._end(call, WorkerBrokerError("cancelled"))
                 raise
             finally:
                 if timer is not None:
@@ -356,13 +359,8 @@ class WorkerBroker:
     # -- targets and workers ------------------------------------------------------------------------------------
 
     def _resolve(self, target: Target, base: str | None = None) -> tuple[str, str | None]:
-        if isinstance(target, tuple):
-            if len(target) != 2:
-                raise ValueError("a target is a module spec or a (module spec, segregation id) pair")
-            spec, segregation_id = target
-        else:
-            spec, segregation_id = target, None
-        return resolve_module(spec, base), (str(segregation_id) if segregation_id not in (None, "") else None)
+        spec, segregation_id = split_target(target)
+        return resolve_module(spec, base), segregation_id
 
     def _key(self, module: str, segregation_id: str | None) -> Hashable:
         if self.worker_key_supplier is not None:
@@ -687,11 +685,11 @@ class WorkerBroker:
                 try:
                     self._pump.wait(call.is_done, now() + INTERRUPT_GRACE)
                 finally:
-                    self._abandon(call, KeyboardInterrupt())
+                    self._end(call, KeyboardInterrupt())
                 raise KeyboardInterrupt from None
             if not finished:
                 self._interrupt(worker, call)
-                self._abandon(call, CallTimeout(f"{function}() in worker {worker.key!r} took longer than {timeout} s"))
+                self._end(call, CallTimeout(f"{function}() in worker {worker.key!r} took longer than {timeout} s"))
             if not call.unsent:
                 break
         return call
@@ -731,6 +729,8 @@ class WorkerBroker:
         """Wake the awaiting coroutine: at once on its own loop's thread (the loop leads the pump), else in
         batches, one thread-safe wake-up (a write to the loop's self-pipe) per batch rather than per call."""
         loop = call.loop
+        # _get_running_loop: asyncio.get_running_loop() without its RuntimeError when none runs, exported (in
+        # asyncio.events.__all__) for event loops written outside asyncio; the async tests fail if it changes
         if asyncio.events._get_running_loop() is loop:
             if not call.future.done():
                 call.future.set_result(None)
@@ -752,10 +752,6 @@ class WorkerBroker:
         for future in futures:
             if not future.done():
                 future.set_result(None)
-
-    def _abandon(self, call: Call, error: BaseException) -> None:
-        """The caller stops waiting: the call ends with ``error`` unless it has just ended otherwise."""
-        self._end(call, error)
 
     def _interrupt(self, worker: Worker, call: Call | None = None) -> None:
         """Interrupt one call in the worker (or all it runs): other callers' interleaved calls go on."""
@@ -1014,12 +1010,7 @@ def _labelled(label: str, text: str) -> str:
 
 def _confined(pid: int | None) -> bool:
     """Whether a worker process runs with no-new-privileges and a seccomp filter, as a sandbox leaves it."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            status = dict(line.split(":", 1) for line in f if ":" in line)
-    except OSError:
-        return False
-    return status.get("NoNewPrivs", "").strip() == "1" and status.get("Seccomp", "").strip() == "2"
+    return pid is not None and is_confined(read_status(pid))
 
 
 _live_brokers: weakref.WeakSet[WorkerBroker] = weakref.WeakSet()

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 log = logging.getLogger("wb_magic")
+EVICTED_KEPT = 1000  # keys a cleaner remembers of the workers it evicted, for people and tests
 
 EventType = Literal["create", "get", "remove", "terminate"]
 
@@ -89,8 +90,7 @@ class LRUCleaner:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._stopped = False
-        self.evicted: list[Any] = []  # keys of the workers this cleaner removed, oldest first
+        self.evicted: list[Any] = []  # keys of the workers this cleaner removed, oldest first (the last EVICTED_KEPT)
 
     def __call__(self, event: WorkerEvent) -> None:
         worker = event.worker
@@ -118,7 +118,7 @@ class LRUCleaner:
             self._thread.start()
 
     def _run(self) -> None:
-        while not self._stopped:
+        while True:  # until its broker closes
             self._wake.wait(self.check_interval)
             self._wake.clear()
             broker = self._broker
@@ -169,6 +169,7 @@ class LRUCleaner:
         with self._lock:
             self._order.pop(id(worker), None)
             self.evicted.append(worker.key)
+            del self.evicted[:-EVICTED_KEPT]
         return True
 
 

@@ -328,6 +328,8 @@ class Pump:
     def send_queued(self) -> None:
         """Send now what coroutines of this thread's running loop have queued: the thread is about to block (a
         sync call from a coroutine), and a call it waits on may depend on them."""
+        # the non-raising form of asyncio.get_running_loop(), exported for event loops written outside asyncio
+        # (a sync call from a coroutine runs this on every call; tests/test_broker.py's async tests use it)
         loop = asyncio.events._get_running_loop()
         if loop is not None and self._batches.get(loop):
             self._send_batch(loop)

@@ -94,6 +94,7 @@ class Worker:
         self.sponsor: Any = None  # the key of the sandboxed worker on whose behalf this one was started
         self.remote = False  # on another host (or attached): gets its modules' source from the broker
         self.shipped: set[tuple[Any, Any]] = set()  # (module, cache buster) whose source it was sent
+        self.attached_from: str | None = None  # the connection file an attached worker was adopted from
         self.stray_output = 0.0  # output budget for streams that belong to no call (a leaky bucket, in bytes)
         self.stray_checked = 0.0
         self.calls = 0
@@ -129,8 +130,9 @@ class Worker:
 
     @property
     def connection_file(self) -> str | None:
-        """Where the worker's ports and key are written (None for a worker that something else started)."""
-        return getattr(self.manager, "connection_file", None) or None
+        """Where the worker's ports and key are written (for an attached worker, the file it was attached from,
+        if it was given as one)."""
+        return getattr(self.manager, "connection_file", None) or self.attached_from
 
     def exit_status(self) -> str:
         """How the process ended, for error messages: an exit code or a signal name, and why when we know: the
