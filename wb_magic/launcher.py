@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
+import socket
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -242,6 +244,9 @@ def launch(
     # can never reach, not in the temporary folder where jupyter_client would put it
     remove_orphaned_connection_files()
     manager.connection_file = os.path.join(runtime_dir(), connection_file_name())
+    manager.cache_ports = False  # the ports below, not jupyter_client's (from the ephemeral range)
+    ports = listening_ports(manager.ip, 5)
+    manager.shell_port, manager.iopub_port, manager.stdin_port, manager.control_port, manager.hb_port = ports
     kwargs: dict[str, Any] = {"env": spec.environment()}
     if spec.cwd:
         kwargs["cwd"] = spec.cwd
@@ -256,6 +261,42 @@ def launch(
         if output is not None:
             output.launched()
     return manager
+
+
+def listening_ports(ip: str, count: int) -> list[int]:
+    """``count`` free TCP ports for a worker to listen on, from the range below the kernel's ephemeral ports.
+
+    jupyter_client takes free ports from the ephemeral range (it binds port 0), closes them, and the worker
+    binds them some 100 ms later. Meanwhile any outgoing connection on the machine may get one of them as its
+    source port (the broker's own reconnects to workers that are still starting make many), and the worker
+    then fails with "Address already in use". Ports below the ephemeral range are never handed out that way.
+    """
+    low = _ephemeral_low()
+    chosen: list[int] = []
+    held = []
+    try:
+        while len(chosen) < count:
+            port = random.randint(max(1024, low - 12000), low - 1)
+            sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind((ip, port))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)  # held until all are chosen, so that none is chosen twice
+            chosen.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    return chosen
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            return max(2048, int(f.read().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def _provisioned(spec: WorkerSpec) -> ProvisionedKernel:
