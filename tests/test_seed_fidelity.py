@@ -9,7 +9,7 @@ import inspect
 import pytest
 
 import wb_magic
-from wb_magic import NoSuchFunction, WorkerBroker, WorkerSpec, WorkerStartError
+from wb_magic import CallTimeout, NoSuchFunction, WorkerBroker, WorkerSpec, WorkerStartError
 
 
 def test_enable_debugging_takes_a_log_function(workers_dir):
@@ -109,3 +109,14 @@ def test_a_failed_initial_call_keeps_the_module_out_for_good(workers_dir):
             broker.worker_import(workers_dir / "seed_hooked.py")
         with pytest.raises(WorkerStartError):
             broker.worker_fn_proxy(workers_dir / "seed_hooked.py", "log")()
+
+
+def test_a_sync_call_whose_hooks_are_coroutines_can_be_interrupted(workers_dir):
+    with hooked_broker(workers_dir, "async") as broker:
+        hooked = broker.worker_proxy(workers_dir / "seed_hooked.py")
+        hooked.log()
+        pid = broker.worker_for(workers_dir / "seed_hooked.py").pid
+        with pytest.raises(CallTimeout):
+            hooked.sleep_long.with_timeout(1)()
+        assert hooked.log()[-3:] == ["before sleep_long", "after sleep_long", "before log"]  # after_call ran
+        assert broker.worker_for(workers_dir / "seed_hooked.py").pid == pid  # the same worker serves on

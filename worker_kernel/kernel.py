@@ -588,6 +588,17 @@ class WorkerKernel:
             return
         self._send_value(msg, request, value)
 
+    def _sync_in_task(self, call_id: str, fn: Callable[..., Any], args: list, kwargs: dict) -> Any:
+        """A sync function called from a task (its hooks are coroutines): it holds the main thread as a sync
+        call does, so an interrupt for it raises KeyboardInterrupt there, as for a sync call."""
+        self._sync_depth += 1
+        self._sync_calls.append(call_id)
+        try:
+            return self._outside_loop(fn, args, kwargs)
+        finally:
+            self._sync_calls.pop()
+            self._sync_depth -= 1
+
     def _outside_loop(self, fn: Callable[..., Any], args: list, kwargs: dict) -> Any:
         """Run a sync function as if no event loop ran on this thread, so that it may use ``asyncio.run()`` as
         it could before the worker's first ``async def`` call started the loop. The loop cannot run meanwhile
@@ -627,7 +638,7 @@ class WorkerKernel:
                 raise asyncio.CancelledError
             try:
                 await _ahook(trace, self.runner, "before_call", context)
-                value = await fn(*args, **kwargs) if is_async else self._outside_loop(fn, args, kwargs)
+                value = await fn(*args, **kwargs) if is_async else self._sync_in_task(msg.msg_id, fn, args, kwargs)
             finally:
                 await _ahook(trace, self.runner, "after_call", context)
         except BaseException as exc:  # CancelledError included: an interrupted call still gets its reply
@@ -882,9 +893,11 @@ class WorkerKernel:
             self._interrupted[call_id] = None
             if len(self._interrupted) > MAX_EARLY_INTERRUPTS:
                 del self._interrupted[next(iter(self._interrupted))]
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._cancel_tasks, call_id)
         running = self._sync_calls[-1] if self._sync_calls else None
+        if self.loop is not None and (call_id is None or call_id != running):
+            # (a sync function running in its call's task, because its hooks are coroutines, is interrupted
+            # below; cancelling the task too would cut its after_call short)
+            self.loop.call_soon_threadsafe(self._cancel_tasks, call_id)
         if self._sync_depth > 0 and (call_id is None or call_id == running):
             self._interrupt_target = call_id  # the handler checks it again: that call may have ended meanwhile
             signal.pthread_kill(self._main_thread, signal.SIGINT)

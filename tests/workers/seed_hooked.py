@@ -15,3 +15,9 @@ async def alog() -> list[str]:
 
 def guarded() -> str:
     return "ran"
+
+
+def sleep_long() -> None:
+    import time
+
+    time.sleep(600)
