@@ -158,6 +158,7 @@ HOST_SCRIPT = textwrap.dedent(
         flood.hello("first")
         outcome["link"] = broker.worker_for(FLOOD).link.kind
         before = psutil.Process().memory_info().rss
+        outcome["peak_before"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
         outcome["zmq_multipart"] = flood.zmq_multipart()
         outcome["lane_within_cap"] = flood.lane_within_cap()
         try:
@@ -183,12 +184,15 @@ def test_a_sandboxed_workers_flood_leaves_the_hosts_memory_within_the_bound():
     )
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
-    print("host RSS growth under the flood:", outcome["growth"] // MiB, "MiB")
+    # the peak RSS before the attack (start-up, under load) may lie above its RSS at the start of the attack: the
+    # attack must not raise the peak past the bound, or past that earlier peak
+    print("host RSS growth under the flood:", outcome["growth"] // MiB, "MiB; earlier peak:",
+          outcome["peak_before"] // MiB, "MiB")  # fmt: skip
     assert outcome["link"] == "lane"
     assert outcome["zmq_multipart"] >= 1  # it did send: nobody on the host was connected to receive it
     assert outcome["lane_within_cap"] == "sent"
     assert "broke the lane's format" in outcome["lane_announce"]
-    assert outcome["growth"] <= 2 * outcome["max_message_bytes"] + 64 * MiB
+    assert outcome["growth"] <= max(2 * outcome["max_message_bytes"] + 64 * MiB, outcome["peak_before"])
 
 
 # -- red team findings 02 and 05: a worker that asks for more than it takes -----------------------------------------

@@ -112,7 +112,7 @@ class WorkerKernel:
         self._lane_lock = threading.Lock()
         self._lane_queue: deque[lane.Frame] = deque()  # frames read but not yet handled, in order
         self._lane_requests = count(1)
-        self._lane_writing = False  # a write on the main thread is under way: an interrupt waits for its end
+        self._lane_writing = False  # lane I/O on the main thread is under way: an interrupt waits for its end
         self._deferred_interrupt: tuple[str | int | None] | None = None
         self.shell_handlers: dict[str, Handler] = {
             "kernel_info_request": self._kernel_info,
@@ -357,6 +357,7 @@ class WorkerKernel:
     def _drain_lane(self) -> None:
         """Read what the lane holds, and serve it in order."""
         assert self._lane_reader is not None
+        self._lane_writing = True  # an interrupt in the middle of a read would lose what it read: it waits
         try:
             self._lane_queue.extend(self._lane_reader.read())
         except (lane.LaneClosed, lane.LaneError) as exc:  # the broker has gone (or is not the broker)
@@ -364,6 +365,9 @@ class WorkerKernel:
             self._unregister_lane()
             self._stop()
             return
+        finally:
+            self._lane_writing = False
+            self._deliver_deferred_interrupt()
         self._serve_lane_queue()
 
     def _unregister_lane(self) -> None:
@@ -414,8 +418,13 @@ class WorkerKernel:
         if closed:  # said outside the lock: the warning goes out through the worker's stderr, and so to this lane
             log.warning("the lane was closed; exiting")
             self._stop()
+        if on_main:
+            self._deliver_deferred_interrupt()
+
+    def _deliver_deferred_interrupt(self) -> None:
+        """Raise the interrupt that arrived during lane I/O on the main thread, now that the I/O is whole."""
         deferred, self._deferred_interrupt = self._deferred_interrupt, None
-        if deferred is not None and on_main:
+        if deferred is not None:
             self._interrupt_target = deferred[0]
             self._on_sigint(signal.SIGINT, None)
 
