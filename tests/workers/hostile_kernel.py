@@ -217,8 +217,8 @@ class Hostile:
             frames = [*msg.idents, *frames]
         try:
             sock.send_multipart(frames)
-        except zmq.ZMQError:
-            pass  # a ROUTER with no route for an empty frame list, say
+        except (zmq.ZMQError, IndexError):
+            pass  # a ROUTER with no route for an empty frame list, or pyzmq refusing to send no frames at all
         self.value_reply(msg, "echo")
 
     def broker_call(self, msg: Any, content: dict[str, Any], wait: bool = True) -> Any:
