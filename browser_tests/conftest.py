@@ -52,10 +52,6 @@ SETTINGS = {
 }
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "browser: drives JupyterLab in Chromium")
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if SCREENSHOTS.is_dir():
         terminalreporter.write_line(f"browser test screenshots: {SCREENSHOTS.resolve()}")

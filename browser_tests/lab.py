@@ -22,7 +22,6 @@ class Output:
     text: str
     mime: str
     is_error: bool
-    is_result: bool
 
 
 # The state of a notebook's run, read from its prompts: false while it runs, "done" when every code cell ran,
@@ -88,7 +87,6 @@ cell => [...cell.querySelectorAll(':scope .jp-OutputArea-child')].map(child => {
     mime: out ? (out.getAttribute('data-mime-type') || '') : '',
     is_error: !!out && out.getAttribute('data-mime-type') === 'application/vnd.jupyter.stderr'
       && /Traceback|Error|Exception|Interrupt/.test(out.innerText),
-    is_result: child.classList.contains('jp-OutputArea-executeResult'),
   };
 })
 """
