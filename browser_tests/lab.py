@@ -47,7 +47,7 @@ mayRaise => {
 }
 """
 
-DESCRIBE_RUN = """
+DESCRIBE_RUN = r"""
 () => {
   const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
   if (!panel) return 'no notebook is open';
@@ -56,7 +56,7 @@ DESCRIBE_RUN = """
   const lines = cells.map((c, i) => {
     const prompt = c.querySelector('.jp-InputPrompt').textContent.trim();
     const outs = [...c.querySelectorAll('.jp-OutputArea-output')].map(o => o.innerText.trim().slice(-300));
-    return `cell ${i + 1} ${prompt} ${c.querySelector('.cm-content')?.innerText.split('\\n')[0]}`
+    return `cell ${i + 1} ${prompt} ${c.querySelector('.cm-content')?.innerText.split('\n')[0]}`
       + (prompt === '[*]:' && outs.length ? ` | shows: ${outs.join(' | ')}` : '');
   });
   return `kernel ${status ? status.getAttribute('data-status') : '?'}\n` + lines.join('\n');

@@ -29,6 +29,9 @@ def test_a_teaching_notebook_shows_its_saved_outputs(lab: Lab, lab_root: Path, n
     lab.open(name)
     try:
         _run_and_check(lab, name, saved)
+    except BaseException:
+        lab.screenshot(f"FAILED-{Path(name).stem}-open")  # the notebook as it was, before it is closed
+        raise
     finally:
         lab.close()
 
