@@ -63,6 +63,12 @@ DESCRIBE_RUN = r"""
 }
 """
 
+# a notebook's page once it has loaded: its first cell shown, or a dialog in front of it (a failed stylesheet)
+LOADED = """
+() => document.querySelector('.jp-Dialog') ? 'dialog'
+  : (document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell') ? 'loaded' : false)
+"""
+
 KERNEL_IDLE = """
 () => {
   const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
@@ -115,11 +121,17 @@ class Lab:
         documents of the last page that it saved the workspace of.
         """
         page = self.page
-        page.goto(f"{self.base}/lab/tree/{quote(name)}?reset&token={self.token}", timeout=TIMEOUT)
-        panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
-        panel.locator(".jp-Notebook .jp-Cell").first.wait_for(state="visible")
+        for _ in range(3):
+            page.goto(f"{self.base}/lab/tree/{quote(name)}?reset&token={self.token}", timeout=TIMEOUT)
+            if page.wait_for_function(LOADED, timeout=TIMEOUT).json_value() == "loaded":
+                break
+            # the lab's page, not our code: a stylesheet that timed out on a loaded machine ("Error Loading
+            # Theme") leaves a half-styled page behind its dialog; a person would reload, and so do we
+            print(f"{name}: the page did not load ({page.locator('.jp-Dialog').first.inner_text()!r}); reloading")
+        else:
+            raise AssertionError(f"{name}: the page did not load in three tries")
         self.wait_idle()
-        return panel
+        return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
 
     def wait_idle(self) -> None:
         """Wait until the notebook has a kernel and the kernel is idle (the toolbar and the status bar say so)."""
@@ -193,13 +205,18 @@ class Lab:
     def close(self) -> None:
         """File > Close and Shut Down Notebook, accepting its dialogs: the kernel and its workers end."""
         before = self.page.locator(".jp-NotebookPanel").count()
-        if not before:
-            return
-        self.menu("File", "Close and Shut Down Notebook")
-        while self.page.wait_for_function(CLOSED_OR_DIALOG, arg=before).json_value() != "closed":
-            self.page.locator(".jp-Dialog .jp-mod-accept").first.click()
-            self.page.locator(".jp-Dialog").wait_for(state="detached")
-        left = self.api("/api/sessions")
+        try:
+            if before:
+                self.menu("File", "Close and Shut Down Notebook")
+                while self.page.wait_for_function(CLOSED_OR_DIALOG, arg=before).json_value() != "closed":
+                    self.page.locator(".jp-Dialog .jp-mod-accept").first.click()
+                    self.page.locator(".jp-Dialog").wait_for(state="detached")
+        finally:
+            left = self.api("/api/sessions")
+            for session in left:  # so that one failed test leaves no kernel to the next
+                self.page.request.delete(
+                    f"{self.base}/api/sessions/{session['id']}", headers={"Authorization": f"token {self.token}"}
+                )
         assert not left, f"kernels still running after Close and Shut Down Notebook: {[s['path'] for s in left]}"
 
     def api(self, path: str) -> Any:
