@@ -53,11 +53,12 @@ DESCRIBE_RUN = r"""
   if (!panel) return 'no notebook is open';
   const status = panel.querySelector('.jp-Notebook-ExecutionIndicator');
   const cells = [...panel.querySelectorAll('.jp-Notebook .jp-CodeCell')];
+  const prompts = cells.map(c => c.querySelector('.jp-InputPrompt').textContent.trim());
+  const last = prompts.map(p => /^\[\d+\]:$/.test(p)).lastIndexOf(true);
   const lines = cells.map((c, i) => {
-    const prompt = c.querySelector('.jp-InputPrompt').textContent.trim();
     const outs = [...c.querySelectorAll('.jp-OutputArea-output')].map(o => o.innerText.trim().slice(-300));
-    return `cell ${i + 1} ${prompt} ${c.querySelector('.cm-content')?.innerText.split('\n')[0]}`
-      + (prompt === '[*]:' && outs.length ? ` | shows: ${outs.join(' | ')}` : '');
+    return `cell ${i + 1} ${prompts[i]} ${c.querySelector('.cm-content')?.innerText.split('\n')[0]}`
+      + ((prompts[i] === '[*]:' || i === last) && outs.length ? ` | shows: ${outs.join(' | ')}` : '');
   });
   return `kernel ${status ? status.getAttribute('data-status') : '?'}\n` + lines.join('\n');
 }
@@ -191,8 +192,8 @@ class Lab:
             raise AssertionError(f"the run did not end within {RUN_TIMEOUT // 1000} s: {self.describe_run()}") from None
 
     def describe_run(self) -> str:
-        """Where a run is: the kernel's status and each code cell's prompt, with the last output of a cell that
-        has not finished."""
+        """Where a run is: the kernel's status and each code cell's prompt, with what the last cell that ran, and
+        any cell still running, show."""
         return str(self.page.evaluate(DESCRIBE_RUN))
 
     def outputs(self, cell: Any) -> list[Output]:
