@@ -14,6 +14,7 @@ import random
 import re
 import socket
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,6 +278,12 @@ def listening_ports(ip: str, count: int) -> list[int]:
     try:
         while len(chosen) < count:
             port = random.randint(max(1024, low - 12000), low - 1)
+            with _handed_out_lock:  # never the same port to two workers of this process (as jupyter_client's cache)
+                if port in _handed_out:
+                    continue
+                _handed_out[port] = None
+                while len(_handed_out) > HANDED_OUT_KEPT:
+                    del _handed_out[next(iter(_handed_out))]
             sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.bind((ip, port))
@@ -289,6 +296,11 @@ def listening_ports(ip: str, count: int) -> list[int]:
         for sock in held:
             sock.close()
     return chosen
+
+
+HANDED_OUT_KEPT = 4096  # ports remembered as handed out, oldest forgotten first
+_handed_out: dict[int, None] = {}
+_handed_out_lock = threading.Lock()
 
 
 def _ephemeral_low() -> int:
