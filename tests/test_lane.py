@@ -287,3 +287,64 @@ def _outcome(function, *args):
         return function(*args)
     except Exception as exc:
         return exc
+
+
+BIG_ANSWERS = textwrap.dedent(
+    """
+    import json, sys
+    import psutil
+    from wb_magic import Permissions, WorkerBroker, WorkerDied, WorkerSpec
+
+    def peak_rss():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+    HOG = sys.argv[1]
+    spec = WorkerSpec(permissions=Permissions(read=[HOG]), memory_limit=512 << 20)
+    outcome = {}
+    with WorkerBroker(call_timeout=600, warm_workers=0, worker_constructor=lambda m, s: spec) as broker:
+        hog = broker.worker_proxy(HOG)
+        hog.hello("first")
+        big = broker.worker_proxy(sys.argv[2])
+        big.big(1)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = psutil.Process().memory_info().rss
+        outcome["sent"] = hog.ask_for_big_answers(6, 60)
+        outcome["answers"] = hog.answers(6)
+        try:
+            hog.json_bomb(3)
+        except WorkerDied as exc:
+            outcome["bomb"] = str(exc)
+        outcome["growth"] = peak_rss() - before
+        try:
+            big.large_json(30_000)
+        except TypeError as exc:  # as any reply that cannot be encoded
+            outcome["large_json"] = str(exc)
+        outcome["after"] = big.big(1) == bytes(1 << 20)
+        outcome["max_message_bytes"] = broker.max_message_bytes
+    print(json.dumps(outcome))
+    """
+)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or landlock_abi() < 1, reason="needs a sandbox that confines (Landlock)"
+)
+def test_answers_a_worker_never_reads_and_json_bombs_stay_within_the_bound():
+    """The second red team's findings 01 and 02: a sandboxed worker asks another for six answers of 60 MiB and
+    reads none of them (the host holds at most ``max_message_bytes`` of answers for it; the rest are dropped with
+    an error), then sends one frame of 3 MiB of JSON empty dicts (some 75 MiB once decoded: refused before it is
+    decoded, and the worker ended). A legitimate result over the JSON cap fails its call and nothing else."""
+    big = str(WORKERS / "untrusted" / "big_answers.py")
+    done = subprocess.run(
+        [sys.executable, "-c", BIG_ANSWERS, BACKPRESSURE, big], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    print("host RSS growth:", outcome["growth"] // MiB, "MiB")
+    assert outcome["sent"] == "sent"
+    assert "JSON of" in outcome["bomb"] and "over the cap" in outcome["bomb"]
+    assert "a sandboxed worker may send" in outcome["large_json"]
+    assert outcome["after"] is True
+    assert outcome["growth"] <= 2 * outcome["max_message_bytes"] + 64 * MiB

@@ -28,6 +28,7 @@ from worker_kernel.codec import (
     exception_from_wire,
     exception_to_wire,
 )
+from worker_kernel.lane import SANDBOXED_MAX_JSON
 from worker_kernel.loader import is_file_spec, module_file, module_name_for, resolve_module, split_target
 from worker_kernel.messages import RELAYED, WB_CALL, WB_DEBUG, WB_IMPORT, WB_INSPECT, BrokerRequest, Reply
 from worker_kernel.procstatus import is_confined, read_status
@@ -479,7 +480,8 @@ class WorkerBroker:
         """Start a kernel and connect to it; the worker has no module until the caller assigns one. ``module``
         is the target a sandboxed worker is allowed to read (a warm worker gets none)."""
         output = output_for(spec.permissions)  # a sandboxed worker never gets the host's stdio
-        lane = LaneLink(self.max_message_bytes) if spec.uses_lane else None
+        max_json = SANDBOXED_MAX_JSON if spec.sandboxed else None  # see lane.SANDBOXED_MAX_JSON
+        lane = LaneLink(self.max_message_bytes, max_json) if spec.uses_lane else None
         try:
             manager = launch(spec, module, output, lane.child_fds if lane is not None else None)
         except Exception as exc:
@@ -630,18 +632,23 @@ class WorkerBroker:
 
         return release
 
-    def _answers_account(self, worker: Worker) -> Callable[[int], None]:
+    def _answers_account(self, worker: Worker) -> Callable[[int], bool]:
         """Counts the bytes of answers queued toward ``worker``: while more than UNREAD_ANSWERS wait, the worker
-        is not read (it asks for more than it takes); it is read again once half of them have left."""
+        is not read (it asks for more than it takes); it is read again once half of them have left. An answer
+        that would take what waits past ``max_message_bytes`` is refused (the requests it made before it was
+        paused may all be answered at once, and the host holds no more than that for one worker)."""
 
-        def account(n: int) -> None:
+        def account(n: int) -> bool:
+            if n > 0 and worker.unread_answers and worker.unread_answers + n > self.max_message_bytes:
+                return False
             worker.unread_answers += n
             if worker.dead:
-                return
+                return True
             if worker.unread_answers > UNREAD_ANSWERS:
                 worker.link.pause(True)
             elif worker.unread_answers <= UNREAD_ANSWERS // 2:
                 worker.link.pause(False)
+            return True
 
         return account
 
@@ -839,10 +846,16 @@ class WorkerBroker:
                 content = scrub_error(content, source.spec, source.modules)
             account = self._answers_account(source)
             try:
-                source.link.answer(request, content, buffers, account)
+                sent = source.link.answer(request, content, buffers, account)
             except (TypeError, ValueError) as exc:  # the target's reply cannot be re-encoded (a lone surrogate, say)
                 error = WorkerBrokerError(f"the reply could not be passed on: {exc}")
-                source.link.answer(request, messages.error(exception_to_wire(error, [])), (), account)
+                sent = source.link.answer(request, messages.error(exception_to_wire(error, [])), (), account)
+            if not sent:  # a small error in its place, outside the count (at most one per request in flight)
+                error = WorkerBrokerError(
+                    f"the answer was dropped: worker {source.key!r} has not taken {source.unread_answers} bytes of"
+                    f" answers, and the broker holds at most {self.max_message_bytes} bytes of answers for a worker"
+                )
+                source.link.answer(request, messages.error(exception_to_wire(error, [])))
 
         source.requests_handled += 1
         try:

@@ -255,6 +255,8 @@ def launch(
         kwargs.update(output.child_stdio())  # jupyter_client hands them to the provisioner, and it to Popen
     if lane is not None:  # the local provisioner hands pass_fds to Popen, which keeps the descriptors' numbers
         kwargs["env"][lanes.ENV] = f"{lane[0]},{lane[1]}"
+        if spec.sandboxed:  # so that it fails a call whose JSON its broker would refuse, rather than be ended
+            kwargs["env"][lanes.MAX_JSON_ENV] = str(lanes.SANDBOXED_MAX_JSON)
         kwargs["pass_fds"] = lane
     try:
         manager.start_kernel(**kwargs)

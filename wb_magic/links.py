@@ -168,11 +168,12 @@ class Link:
         request: BrokerRequest,
         content: dict[str, Any],
         buffers: Any = (),
-        account: Callable[[int], None] | None = None,
-    ) -> None:
+        account: Callable[[int], bool] | None = None,
+    ) -> bool:
         """Answer a worker's broker request (on the pump). Raises TypeError/ValueError if it cannot be encoded.
-        ``account(n)`` is told the answer's size when it is queued and ``account(-n)`` once it has left the
-        host's queue for the worker (not at all where the link cannot tell)."""
+        ``account(n)`` is asked before an answer of ``n`` bytes is queued (False: the host will not hold it for
+        this worker, and nothing is sent: the caller answers with an error instead), and told ``account(-n)``
+        once it has left the host's queue (not at all where the link cannot tell). True if it was sent."""
         raise NotImplementedError
 
     @property
@@ -202,7 +203,7 @@ class LaneLink(Link):
 
     kind = "lane"
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, max_message_bytes: int, max_json: int | None = None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         control_read, control_write = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(control_write, False)
@@ -211,7 +212,7 @@ class LaneLink(Link):
         self.fd = ours.fileno()
         self.child_fds = (theirs.detach(), control_read)  # inherited by the worker (pass_fds), closed here after
         self._control = control_write
-        self.reader = lane.LaneReader(self.fd, max_message_bytes)
+        self.reader = lane.LaneReader(self.fd, max_message_bytes, max_json)
         self.writer = lane.LaneWriter(self.fd)
         self._ids = count(1)
         self._pump: Pump | None = None
@@ -250,15 +251,17 @@ class LaneLink(Link):
         request: BrokerRequest,
         content: dict[str, Any],
         buffers: Any = (),
-        account: Callable[[int], None] | None = None,
-    ) -> None:
+        account: Callable[[int], bool] | None = None,
+    ) -> bool:
         parts = lane.encode(lane.BROKER_REPLY, request.reply_to, content, buffers)
         if account is None:
             self.send(parts)
-            return
+            return True
         n = lane.size(parts)
-        account(n)
-        self.send(parts, lambda: account(-n))
+        if not account(n):
+            return False
+        self.send(parts, lambda: _ignore(account(-n)))
+        return True
 
     @property
     def queued(self) -> int:
@@ -403,10 +406,11 @@ class JupyterLink(Link):
         request: BrokerRequest,
         content: dict[str, Any],
         buffers: Any = (),
-        account: Callable[[int], None] | None = None,
-    ) -> None:
+        account: Callable[[int], bool] | None = None,
+    ) -> bool:
         _, frames = self.session.message("wb_broker_reply", content, parent=request.reply_to, buffers=buffers)
         self._send(self.connection.stdin, frames)  # ZeroMQ's queue: a worker that lets it fill up is ended
+        return True
 
     def interrupt(self, call_id: Any) -> None:
         content = {"wb_call_id": call_id} if call_id is not None else {}

@@ -109,6 +109,7 @@ class WorkerKernel:
         self._control_fd: int | None = None
         self._lane_reader: lane.LaneReader | None = None
         self._lane_writer: lane.LaneWriter | None = None
+        self._max_json: int | None = None  # what the broker takes of one frame's JSON (a sandboxed worker's)
         self._lane_lock = threading.Lock()
         self._lane_queue: deque[lane.Frame] = deque()  # frames read but not yet handled, in order
         self._lane_requests = count(1)
@@ -152,6 +153,8 @@ class WorkerKernel:
         fds = lane.lane_fds(os.environ.pop(lane.ENV, None))
         if fds is not None:
             self._open_lane(*fds)
+        max_json = os.environ.pop(lane.MAX_JSON_ENV, "")
+        self._max_json = int(max_json) if max_json.isdigit() else None
         self.shell = self._bind(zmq.ROUTER, "shell")
         self.stdin = self._bind(zmq.ROUTER, "stdin")
         self.stdin.router_mandatory = True
@@ -430,7 +433,7 @@ class WorkerKernel:
 
     def _lane_reply(self, request: LaneRequest, content: dict[str, Any], buffers: Any) -> None:
         try:
-            parts = lane.encode(lane.REPLY, request.msg_id, content, buffers)
+            parts = lane.encode(lane.REPLY, request.msg_id, content, buffers, self._max_json)
         except (TypeError, ValueError) as exc:  # a lone surrogate, say: say so rather than leave the caller waiting
             error = {"status": "error", **exception_to_wire(TypeError(f"the reply could not be encoded: {exc}"), [])}
             if type(content.get("outputs")) is int:
@@ -439,11 +442,14 @@ class WorkerKernel:
         self._lane_send(parts)
 
     def _lane_output(self, call_id: int, name: str, text: str) -> None:
-        try:
-            parts = lane.encode(lane.STREAM, call_id, {"name": name, "text": text})
-        except (TypeError, ValueError):
-            parts = lane.encode(lane.STREAM, call_id, {"name": name, "text": text.encode(errors="replace").decode()})
-        self._lane_send(parts)
+        for at in range(0, len(text), lane.OUTPUT_CHUNK):
+            chunk = text[at : at + lane.OUTPUT_CHUNK]
+            try:
+                parts = lane.encode(lane.STREAM, call_id, {"name": name, "text": chunk})
+            except (TypeError, ValueError):  # a lone surrogate
+                fixed = chunk.encode(errors="replace").decode()
+                parts = lane.encode(lane.STREAM, call_id, {"name": name, "text": fixed})
+            self._lane_send(parts)
 
     def _read_control_pipe(self, fd: int, pending: bytearray) -> bool:
         """Interrupts and shutdown from the broker, on the control thread; False once the pipe has closed."""
@@ -733,7 +739,7 @@ class WorkerKernel:
         if self._lane_writer is not None:  # the broker reads nothing else from a worker with a lane
             request_id = next(self._lane_requests)
             content["parent"] = request.lane_id if request is not None else None
-            parts = lane.encode(lane.BROKER, request_id, content, buffers)
+            parts = lane.encode(lane.BROKER, request_id, content, buffers, self._max_json)
             self._waiting[request_id] = None
             self._lane_send(parts)
             return request_id

@@ -35,11 +35,17 @@ LENGTH = 8  # bytes per buffer length
 MAX_BUFFERS = 4096  # buffers in one frame
 MAX_MESSAGE_BYTES = 64 << 20  # the default cap on one frame's buffers
 JSON_ALLOWANCE = 1 << 20  # what a frame may hold beyond ``max_message_bytes``: a value of that size, and its JSON
+# the JSON of one frame from a sandboxed worker: decoded, JSON grows up to some 25 times (``[{},{},...]``), so its
+# cap, not ``max_message_bytes``, bounds what decoding a hostile frame makes the host hold (bytes and arrays travel
+# as raw buffers, which do not grow)
+SANDBOXED_MAX_JSON = 2 << 20
 FROM_BROKER = 1 << 40  # a worker's cap on what its broker sends: the broker is trusted, the check is of the format
 CHUNK = 256 * 1024  # bytes read at a time; a frame larger than this is read straight into its own block
 MAX_READS = 64  # reads per `LaneReader.read`, so that one chatty worker cannot starve the others
 IOV_MAX = 512  # buffers given to one writev
 ENV = "WB_LANE"  # "LANE_FD,CONTROL_FD" in a worker's environment
+MAX_JSON_ENV = "WB_LANE_MAX_JSON"  # the JSON a sandboxed worker's broker takes in one frame (SANDBOXED_MAX_JSON)
+OUTPUT_CHUNK = 256 * 1024  # characters of output per frame: within any JSON cap, however the text is escaped
 
 # what a frame is (host -> worker: CALL, IMPORT, INSPECT, DEBUG, BROKER_REPLY; worker -> host: REPLY, STREAM, BROKER)
 CALL, IMPORT, INSPECT, REPLY, STREAM, BROKER, BROKER_REPLY, DEBUG = range(1, 9)
@@ -70,9 +76,17 @@ class Frame:
         return f"<lane Frame kind={self.kind} id={self.id}>"
 
 
-def encode(kind: int, id: int, content: dict[str, Any], buffers: Sequence[Any] = ()) -> list[Any]:
-    """The parts of one frame, for `LaneWriter.send`. Raises TypeError/ValueError if ``content`` is not JSON."""
+def encode(
+    kind: int, id: int, content: dict[str, Any], buffers: Sequence[Any] = (), max_json: int | None = None
+) -> list[Any]:
+    """The parts of one frame, for `LaneWriter.send`. Raises TypeError/ValueError if ``content`` is not JSON, or
+    its JSON is over ``max_json`` bytes (what the broker of a sandboxed worker takes)."""
     body = wire.dumps(content)
+    if max_json is not None and len(body) > max_json:
+        raise ValueError(
+            f"its JSON is {len(body)} bytes, over the {max_json} a sandboxed worker may send in one message"
+            " (bytes, bytearrays and numpy arrays travel beside the JSON, up to max_message_bytes)"
+        )
     if not buffers:
         return [HEADER.pack(kind, 0, 0, len(body), id) + body]
     views = [_view(b) for b in buffers]
@@ -94,10 +108,11 @@ def _view(buffer: Any) -> memoryview:
 class LaneReader:
     """Reads frames from a non-blocking descriptor, checking every length against the caps first."""
 
-    def __init__(self, fd: int, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, fd: int, max_message_bytes: int = MAX_MESSAGE_BYTES, max_json: int | None = None) -> None:
         self.fd = fd
         self.max_message_bytes = max_message_bytes
         self.max_frame = max_message_bytes + JSON_ALLOWANCE
+        self.max_json = self.max_frame if max_json is None else max_json
         self._buf = bytearray()
         self._block: bytearray | None = None  # a large frame's body, read into place
         self._got = 0
@@ -162,6 +177,8 @@ class LaneReader:
                     raise LaneError("a lane frame's header is malformed")
                 if count > MAX_BUFFERS:
                     raise LaneError(f"a lane frame announces {count} buffers (at most {MAX_BUFFERS})")
+                if json_length > self.max_json:
+                    raise LaneError(f"a lane frame's JSON of {json_length} bytes is over the cap of {self.max_json}")
                 start = HEADER.size + LENGTH * count
                 if len(buf) < start:
                     return

@@ -72,3 +72,23 @@ def refused_flood(count=200_000, batch=1000):
         chunk = b"".join(b"".join(lane.encode(lane.BROKER, start + i + 1, request)) for i in range(batch))
         _write_all(fd, [chunk])
     return "all read"
+
+
+def ask_for_big_answers(count=6, mib=60):
+    """``count`` requests for ``big(mib)`` of another worker of this tenant, written at once and never read
+    meanwhile: each answer would wait in the host for this worker to take it (the second red team's finding 01)."""
+    running = kernel.running
+    target = os.path.join(os.path.dirname(__file__), "big_answers.py")
+    request = {"target": target, "segregation_id": None, "function": "big", "args": [mib], "kwargs": {}}
+    for i in range(count):
+        running._waiting[FIRST_ID + i] = None
+        _write_all(running._lane_fd, lane.encode(lane.BROKER, FIRST_ID + i, request))
+    return "sent"
+
+
+def json_bomb(mib=3):
+    """One output frame whose JSON is ``mib`` MiB of empty dicts (some 25 times that once decoded)."""
+    empty: dict = {}
+    bomb = [empty] * (mib * MiB // 3)  # written as "{}," again and again
+    _write_all(kernel.running._lane_fd, lane.encode(lane.STREAM, 0, {"name": "stdout", "text": bomb}))
+    return "sent"
