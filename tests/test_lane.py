@@ -348,3 +348,30 @@ def test_answers_a_worker_never_reads_and_json_bombs_stay_within_the_bound():
     assert "a sandboxed worker may send" in outcome["large_json"]
     assert outcome["after"] is True
     assert outcome["growth"] <= 2 * outcome["max_message_bytes"] + 64 * MiB
+
+
+def test_a_worker_whose_port_was_taken_meanwhile_listens_on_another(monkeypatch):
+    """The launcher picks free ports and the worker binds them a moment later; a port taken in between (another
+    process, or an outgoing connection's source port) must not cost the worker its start."""
+    import json
+    import socket
+
+    from wb_magic import Permissions, WorkerSpec, launcher
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    taken = held.getsockname()[1]
+    pick = launcher.listening_ports
+    monkeypatch.setattr(launcher, "listening_ports", lambda ip, n: [taken, *pick(ip, n - 1)])
+    sandboxed = WorkerSpec(permissions=Permissions())
+    try:
+        for spec in (WorkerSpec(), sandboxed):
+            with WorkerBroker(worker_constructor=lambda m, s, spec=spec: spec, warm_workers=0, call_timeout=600) as b:
+                assert b.worker_proxy(WORKERS / "hello.py").hello("ports") == "Hello ports"
+                (info,) = b.workers
+                with open(info.connection_file, encoding="utf-8") as f:
+                    written = json.load(f)
+                assert written["shell_port"] != taken  # where a console finds it
+    finally:
+        held.close()

@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> None:
         hooks = getattr(module, name) if name else module
     try:
         kernel = WorkerKernel(
-            connection, hooks=hooks, allow_plaintext=options.allow_plaintext, broker_timeout=options.broker_timeout
+            connection,
+            hooks=hooks,
+            allow_plaintext=options.allow_plaintext,
+            broker_timeout=options.broker_timeout,
+            connection_file=None if confinement is not None else options.connection_file,
         )
     except ValueError as exc:  # a refused transport, an unsupported signature scheme: say why, exit non-zero
         sys.exit(f"wb-magic worker: {exc}")

@@ -15,6 +15,7 @@ tasks on the loop and interleave.
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import signal
 import sys
@@ -29,6 +30,7 @@ import zmq
 
 from . import __version__, debugging, lane
 from .codec import Unencodable, decode_args, decode_value, encode_value, exception_from_wire, exception_to_wire
+from .connection_file import write_connection_file
 from .errors import CallTimeout
 from .iopub import IOPub, OutputStream, Request, current_request, flush_output
 from .lazylog import LazyLogger
@@ -75,7 +77,9 @@ class WorkerKernel:
         hooks: Any = None,
         allow_plaintext: bool = False,
         broker_timeout: float | None = None,
+        connection_file: str | None = None,
     ) -> None:
+        self.connection_file = connection_file
         scheme = connection.get("signature_scheme", "hmac-sha256")
         if scheme != "hmac-sha256":
             raise ValueError(f"unsupported signature scheme {scheme!r}")
@@ -144,7 +148,17 @@ class WorkerKernel:
             serve_curve(sock, self.curve)
         address = f"{self.connection.get('transport', 'tcp')}://{self.connection.get('ip', '127.0.0.1')}"
         port = self.connection.get(f"{channel}_port")
-        sock.bind(f"{address}:{port}" if self.connection.get("transport", "tcp") == "tcp" else f"{address}-{port}")
+        tcp = self.connection.get("transport", "tcp") == "tcp"
+        try:
+            sock.bind(f"{address}:{port}" if tcp else f"{address}-{port}")
+        except zmq.ZMQError as exc:
+            # the port was free when the launcher chose it and taken since (another process bound it, or an
+            # outgoing connection holds it as its source port). A worker with a lane does not need the broker to
+            # know its Jupyter ports: it takes another and writes it in its connection file, for a console
+            if exc.errno != errno.EADDRINUSE or not tcp or self._lane_fd is None:
+                raise
+            self.connection[f"{channel}_port"] = sock.bind_to_random_port(address)
+            self._ports_moved = True
         return sock
 
     def start(self) -> None:
@@ -155,6 +169,7 @@ class WorkerKernel:
             self._open_lane(*fds)
         max_json = os.environ.pop(lane.MAX_JSON_ENV, "")
         self._max_json = int(max_json) if max_json.isdigit() else None
+        self._ports_moved = False
         self.shell = self._bind(zmq.ROUTER, "shell")
         self.stdin = self._bind(zmq.ROUTER, "stdin")
         self.stdin.router_mandatory = True
@@ -173,6 +188,8 @@ class WorkerKernel:
         for sock in self._nested_handlers:
             self._nested.register(sock, zmq.POLLIN)
         heartbeat = self._bind(zmq.REP, "hb")
+        if self._ports_moved and self.connection_file:
+            write_connection_file(self.connection_file, self.connection)
         threading.Thread(target=_echo, args=(heartbeat, self.broker_timeout), name="wb-heartbeat", daemon=True).start()
         threading.Thread(target=self._serve_control, name="wb-control", daemon=True).start()
         to_lane = self._lane_output if self._lane_fd is not None else None

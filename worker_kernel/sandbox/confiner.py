@@ -14,6 +14,7 @@ imports it, and the confined image never imports this module.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -22,9 +23,11 @@ import sys
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
+from ..connection_file import write_connection_file
 from ..permissions import REFUSED_EXIT_CODE, SandboxConfig, refusal_file
 from ..procstatus import has_capability, read_status
 from .plan import (
+    CHANNELS,
     FS_FILE_RIGHTS,
     FS_IOCTL_DEV,
     FS_REFER,
@@ -189,7 +192,7 @@ def confine_and_exec(config_text: str, connection_file: str, argv: list[str]) ->
             if plan.unenforced:
                 warn_unenforced(plan.unenforced)
             return
-        brief = _prepare(plan, connection)
+        brief = _prepare(plan, connection, connection_file)
         _confine(plan)
         _exec(plan, [*argv, "--confined", str(brief)])
     except Exception as exc:
@@ -238,20 +241,34 @@ def _hooks_file(argv: list[str]) -> str | None:
         return None
 
 
-def _prepare(plan: Plan, connection: dict[str, Any]) -> int:
+def _prepare(plan: Plan, connection: dict[str, Any], connection_file: str) -> int:
     """Bind the listening sockets (the confined worker cannot), and write the brief for the confined worker
-    into a memory file; returns its descriptor."""
+    into a memory file; returns its descriptor. A port taken since the launcher chose it is replaced by another
+    (the broker reads a sandboxed worker through its lane only), and the connection file says so, for a console."""
     fds: dict[str, int] = {}
     ip = str(connection.get("ip", "127.0.0.1"))
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    for port in plan.bind_ports():
+    moved = False
+    for channel in CHANNELS:
+        port = connection.get(f"{channel}_port")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            continue
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((ip, port))
+        try:
+            sock.bind((ip, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            sock.bind((ip, 0))
+            port = connection[f"{channel}_port"] = sock.getsockname()[1]
+            moved = True
         sock.listen(100)
         fd = sock.detach()
         os.set_inheritable(fd, True)
         fds[str(port)] = fd
+    if moved:
+        write_connection_file(connection_file, connection)
     brief = {
         "connection": connection,
         "fds": fds,
