@@ -308,3 +308,17 @@ ANYTHING = st.recursive(
 def test_anything_a_worker_sends_is_checked_without_an_error(raw):
     spans, refused = accept(raw, ROOT)
     assert len(spans) <= MAX_SPANS and refused >= 0
+
+
+def test_a_worker_cannot_put_spans_into_a_trace_of_its_choosing(broker, exporter):
+    """The second red team's finding 03: a worker's request names a trace id (and the sampled flag) of its own
+    choosing. Within a traced call, the broker parents it on that call's trace instead; outside one, nothing."""
+    victim = "0af7651916cd43dd8448eb211c80319c"
+    front = broker.worker_proxy(FRONT)
+    assert front.forged_trace(victim, True) == "ok"
+    assert front.forged_trace(victim, False) == "ok"
+    spans = exporter.get_finished_spans()
+    assert spans and all(f"{span.context.trace_id:032x}" != victim for span in spans)
+    (host_call,) = [s for s in spans if s.name == "front/forged_trace" and s.kind == SpanKind.CLIENT][:1]
+    routed = [s for s in spans if s.name == "route back/double"]
+    assert [s.context.trace_id for s in routed] == [host_call.context.trace_id]  # only the call made inside

@@ -918,10 +918,10 @@ class WorkerBroker:
             {"module": caller_module, "segregation_id": source.segregation_id},
         )
         try:
-            trace = request.trace
-            send = self._send_call(
-                target, call, WB_CALL, content, request.buffers, trace if isinstance(trace, dict) else {}, source
-            )
+            trace = request.trace if isinstance(request.trace, dict) else {}
+            if tracing.tracer is not None:  # a worker may continue the trace of the call it runs, no other
+                trace = tracing.tracer.vouch(origin.trace if origin is not None else None, trace)
+            send = self._send_call(target, call, WB_CALL, content, request.buffers, trace, source)
         except (TypeError, ValueError) as exc:  # arguments JSON cannot carry on (a lone surrogate, say)
             answer(messages.error(exception_to_wire(TypeError(f"the call could not be encoded: {exc}"), [])))
             return

@@ -112,6 +112,23 @@ class BrokerTracer:
         content["trace"] = carrier
         return CallTrace(self, span, worker, content, attributes)
 
+    def vouch(self, origin: CallTrace | None, claimed: dict[str, Any]) -> dict[str, Any]:
+        """The trace context the broker accepts for a worker's request made in the call ``origin``: the
+        worker's own (its CLIENT span as parent) only within that call's trace; any other trace id, a sampled
+        flag the host did not set, or ``tracestate`` are the worker's inventions, and the call's own span is the
+        parent instead. A request outside any traced call is not traced (a worker cannot start a trace)."""
+        if origin is None:
+            return {}
+        context = origin.span.get_span_context()
+        parsed = parse_traceparent(claimed.get("traceparent"))
+        if parsed is not None and parsed[0] == format(context.trace_id, "032x"):
+            flags = "01" if context.trace_flags.sampled else "00"
+            return {"traceparent": f"00-{parsed[0]}-{parsed[1]}-{flags}"}
+        carrier: dict[str, str] = {}
+        _propagator.inject(carrier, trace.set_span_in_context(origin.span))
+        carrier.pop("tracestate", None)
+        return carrier
+
     def sdk_tracer(self) -> Any:
         """The SDK tracer that worker spans go through, or None when the provider is not the SDK's."""
         provider = self.provider if self.provider is not None else trace.get_tracer_provider()

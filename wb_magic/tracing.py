@@ -21,5 +21,8 @@ class CallTracer(Protocol):
         ``parent`` is the ``trace`` of the worker-to-worker request being routed, or None for the host's own
         call (whose parent is the current span). None when nothing is to be recorded."""
 
+    def vouch(self, origin: Any, claimed: dict[str, Any]) -> dict[str, Any]:
+        """The trace context accepted for a worker's request made during ``origin`` (a call's trace, or None)."""
+
 
 tracer: CallTracer | None = None

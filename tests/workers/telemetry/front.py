@@ -53,3 +53,29 @@ def forge():
         return [orphan, *spans, second_root, *many]
 
     tracing.Recorder.finish = forged
+
+
+def forged_trace(trace_id, inside_the_call=True):
+    """Ask the broker for back.double(1) with a trace context naming ``trace_id`` (a trace this worker picked, and
+    the sampled flag), written straight on the lane; what the broker answered."""
+    import time
+
+    from worker_kernel import kernel, lane
+    from worker_kernel.kernel import current_request
+
+    running = kernel.running
+    request_id = 77_000 + int(inside_the_call)
+    content = {
+        "target": os.path.join(os.path.dirname(__file__), "back.py"),
+        "function": "double",
+        "args": [1],
+        "kwargs": {},
+        "trace": {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01", "tracestate": "forged=1"},
+        "parent": current_request.get().lane_id if inside_the_call else None,
+    }
+    running._waiting[request_id] = None
+    running._lane_send(lane.encode(lane.BROKER, request_id, content))
+    while request_id not in running._answers:
+        running._drain_lane()
+        time.sleep(0.001)  # polls the worker's own lane, inside the worker under test
+    return running._answers.pop(request_id).content.get("status")
