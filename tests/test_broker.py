@@ -431,3 +431,17 @@ def test_workers_launch_through_a_named_kernel_spec(kernel_spec_dir, workers_dir
     spec = WorkerSpec(kernel_name="wb-worker")
     with WorkerBroker(worker_constructor=lambda module, sid: spec, warm_workers=0) as broker:
         assert broker.worker_proxy(workers_dir / "hello.py").hello("spec") == "Hello spec"
+
+
+@pytest.mark.parametrize("function", ["syntax_error", "exception_group", "os_error"])
+def test_a_remote_exception_prints_no_terminal_control_characters(broker, workers_dir, function):
+    """However deeply the worker hides them in its exception's arguments, what Python prints of the rebuilt
+    exception (a plain script's uncaught traceback) carries no escape sequence, carriage return or reordering."""
+    import traceback
+
+    escapes = broker.worker_proxy(workers_dir / "escapes.py")
+    with pytest.raises(Exception) as info:
+        getattr(escapes, function)()
+    shown = "".join(traceback.format_exception(info.value))
+    assert "PWNED-TITLE" in shown or "evil" in shown  # the text is there, without the controls
+    assert not any(c in shown for c in ("\x1b", "\x07", "\r", "\u202e")), repr(shown)

@@ -322,3 +322,20 @@ def test_a_worker_cannot_put_spans_into_a_trace_of_its_choosing(broker, exporter
     (host_call,) = [s for s in spans if s.name == "front/forged_trace" and s.kind == SpanKind.CLIENT][:1]
     routed = [s for s in spans if s.name == "route back/double"]
     assert [s.context.trace_id for s in routed] == [host_call.context.trace_id]  # only the call made inside
+
+
+def test_the_waterfall_shows_no_terminal_control_characters_of_a_worker():
+    """The second red team's finding 04: span names, worker names and error messages may be a worker's."""
+    from opentelemetry.trace import Status
+
+    nasty = "\x1b]0;PWNED-TITLE\x07\x1b[31mRED\rOVERWRITTEN \u202eevil"
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    span = provider.get_tracer("test").start_span(nasty, attributes={"wb_magic.worker": nasty})
+    span.set_status(Status(StatusCode.ERROR, nasty))
+    span.end()
+    drawn = Waterfall(exporter.get_finished_spans())
+    for shown in (drawn.text(), drawn._repr_html_()):
+        assert "PWNED-TITLE" in shown
+        assert not any(c in shown for c in ("\x1b", "\x07", "\r", "\u202e")), repr(shown)

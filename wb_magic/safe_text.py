@@ -32,8 +32,9 @@ def printable(text: str) -> str:
 def printable_error(content: dict[str, Any]) -> dict[str, Any]:
     """A worker's error reply with every text the rebuilt exception shows made `printable`: the type's name and
     module (a `RemoteError`'s ``type_name``), the message, the remote traceback (the note a rebuilt exception
-    carries), and the arguments that are strings (``str(exc)`` of a built-in type is its one argument). Nested
-    values stay as they are: an exception shows them by ``repr``, which escapes such characters."""
+    carries), and every string in its arguments and in a registered type's form, however deeply nested (Python
+    prints a `SyntaxError`'s file name from a tuple in its arguments, an `ExceptionGroup` its members' messages
+    and notes)."""
     cleaned = dict(content)
     for field in ("ename", "emodule", "evalue"):
         if field in cleaned:
@@ -41,7 +42,19 @@ def printable_error(content: dict[str, Any]) -> dict[str, Any]:
     tb = cleaned.get("traceback")
     if isinstance(tb, list):
         cleaned["traceback"] = [printable(str(line)) for line in tb]
-    args = cleaned.get("eargs")
-    if isinstance(args, list):
-        cleaned["eargs"] = [printable(arg) if isinstance(arg, str) else arg for arg in args]
+    for field in ("eargs", "wb_exception"):
+        if field in cleaned:
+            cleaned[field] = _printable_within(cleaned[field])
     return cleaned
+
+
+def _printable_within(value: Any) -> Any:
+    """``value`` (JSON, as the codec writes it) with every string in it made `printable`. The codec nests values
+    at most 80 deep, and what is deeper than that is left for the codec to refuse."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list):
+        return [_printable_within(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _printable_within(item) for key, item in value.items()}
+    return value

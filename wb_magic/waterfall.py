@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .safe_text import printable
+
 HOST = "host"
 ERROR = "#d62728"
 ROUTED = "#9467bd"
@@ -65,15 +67,16 @@ def rows(spans: Iterable[Any]) -> list[Row]:
 def _row(span: Any, depth: int, origin: int) -> Row:
     attributes = span.attributes or {}
     worker = attributes.get("wb_magic.worker")
-    lane = HOST if worker is None else str(worker)
+    lane = HOST if worker is None else printable(str(worker))
     if worker is not None and attributes.get("wb_magic.segregation_id") is not None:
-        lane += f" [{attributes['wb_magic.segregation_id']}]"
+        lane += f" [{printable(str(attributes['wb_magic.segregation_id']))}]"
     error = None
-    if span.status.status_code.name == "ERROR":
-        error = (span.status.description or "error")[:MAX_ERROR]
+    if span.status.status_code.name == "ERROR":  # the message may be a worker's, as may a span's name
+        error = printable(span.status.description or "error")[:MAX_ERROR]
     kind = span.kind.name
-    routed = worker is None and kind == "INTERNAL" and span.name.startswith("route ")
-    return Row(lane, span.name, kind, depth, span.start_time - origin, span.end_time - origin, error, routed)
+    name = printable(span.name)
+    routed = worker is None and kind == "INTERNAL" and name.startswith("route ")
+    return Row(lane, name, kind, depth, span.start_time - origin, span.end_time - origin, error, routed)
 
 
 def duration(ns: int) -> str:
