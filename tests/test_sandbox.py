@@ -722,6 +722,18 @@ def test_a_flood_on_stderr_is_shown_at_a_bounded_rate(sandbox, capfd):
     assert all(len(line) < MAX_LINE + 100 for line in err.splitlines())
 
 
+def test_a_flood_of_empty_lines_is_bounded_labels_and_all(sandbox, capfd):
+    """The second red team's finding 06: the rate counts what the host writes, the labels included."""
+    from wb_magic.stdio import BURST, RATE
+
+    _, attacks = sandbox()
+    start = time.monotonic()
+    assert attacks.flood_newlines(4) == 4
+    elapsed = time.monotonic() - start
+    written = sum(len(line) + 1 for line in capfd.readouterr().err.splitlines() if line.startswith("[worker "))
+    assert 0 < written <= BURST + RATE * (elapsed + 1) + 200  # of 4 MB of line feeds, and one note
+
+
 # -- native code ------------------------------------------------------------------------------------------------------
 
 

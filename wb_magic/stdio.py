@@ -27,6 +27,7 @@ from .safe_text import printable
 MAX_LINE = 2000  # characters of one line shown; a longer line is cut, and the cut marked
 BURST = 64 * 1024  # bytes shown at once ...
 RATE = 16 * 1024  # ... and a second after that, from one worker
+DROPPED = f"[wb-magic: output dropped: more than {RATE} bytes a second]".encode()
 READ_SIZE = 64 * 1024  # read from one worker's pipe in one turn of the pump
 CLOSING_READS = 16  # at most, when the worker ends: a pipe holds 64 KiB unless its owner enlarges it
 
@@ -117,7 +118,7 @@ class WorkerOutput:
             self._pending = b""
         if len(shown) < len(data) and not self._dropping:
             self._dropping = True
-            lines.append(f"[wb-magic: output dropped: more than {RATE} bytes a second]".encode())
+            lines.append(DROPPED)
         if lines:
             self._write(lines)
 
@@ -136,6 +137,14 @@ class WorkerOutput:
         label = printable(self._describe()).replace("\n", " ")  # one line, whatever the file is called
         out = []
         for raw in lines:
+            # the label the host adds counts against the rate too: else a flood of empty lines would come out
+            # many times larger than it went in
+            if self._budget < len(label) + 3:
+                if not self._dropping or lines[-1].startswith(DROPPED):  # a note once, when dropping begins
+                    self._dropping = True
+                    out.append(f"[{label}] {DROPPED.decode()}\n")
+                break
+            self._budget -= len(label) + 3
             line = printable(raw.decode("utf-8", "replace"))
             if len(line) > MAX_LINE:
                 line = line[:MAX_LINE] + " [wb-magic: line cut]"

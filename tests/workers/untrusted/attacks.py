@@ -361,6 +361,13 @@ def read_stolen() -> str:
     return "".join(got)
 
 
+def flood_newlines(megabytes: int) -> int:
+    """Empty lines straight to fd 2: each would come out with the host's label in front of it."""
+    for _ in range(megabytes * 16):
+        os.write(2, b"\n" * 65536)
+    return megabytes
+
+
 def flood_stderr(megabytes: int) -> int:
     """Lines of 100 bytes and one long line, straight to fd 2: more than the host should show."""
     line = b"x" * 99 + b"\n"
