@@ -30,6 +30,7 @@ from typing import Any
 from . import wire
 
 HEADER = struct.Struct("<BBHIQ")
+HEADER_SIZE = HEADER.size
 CONTROL = struct.Struct("<BQ")
 LENGTH = 8  # bytes per buffer length
 MAX_BUFFERS = 4096  # buffers in one frame
@@ -124,6 +125,10 @@ class LaneReader:
         `LaneError` for a malformed frame. What it returns holds at most one frame larger than `CHUNK`, so that
         what one worker makes the host hold stays within ``max_message_bytes`` and a chunk; and, with
         ``max_frames``, at most that many frames: the rest wait, read already, for the next call (`buffered`)."""
+        if not self._buf and self._block is None and self._pending is None:
+            fast = self._read_one()  # the common case: nothing left over, one small frame waiting, read whole
+            if fast is not None:
+                return fast
         frames: list[Frame] = []
         self._limit = max_frames
         if self._buf and self._block is None:
@@ -157,6 +162,32 @@ class LaneReader:
             if len(data) < CHUNK and self._block is None:
                 return frames  # the stream is drained (a short read); no need to ask again
         return frames
+
+    def _read_one(self) -> list[Frame] | None:
+        """One read; the frame if it is exactly one frame without buffers, else None with what was read kept
+        in ``_buf`` for the general path. The same checks as `_parse` and `_frame`, in fewer steps."""
+        try:
+            data = os.read(self.fd, CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except ConnectionResetError:  # closed with our data unread
+            raise LaneClosed("the lane was closed") from None
+        if not data:
+            raise LaneClosed("the lane was closed")
+        if len(data) >= HEADER_SIZE:
+            kind, zero, count, json_length, id = HEADER.unpack_from(data)
+            if not count and len(data) == HEADER_SIZE + json_length and not zero and kind:
+                if json_length > self.max_frame:
+                    raise LaneError(f"a lane frame of {json_length} bytes is over the cap of {self.max_frame}")
+                try:
+                    content = wire.loads(data[HEADER_SIZE:])
+                except (ValueError, UnicodeDecodeError, RecursionError, TypeError) as exc:
+                    raise LaneError(f"a lane frame's body is not JSON: {exc}") from None
+                if type(content) is not dict:
+                    raise LaneError("a lane frame's body must be a JSON object")
+                return [Frame(kind, id, content, [])]
+        self._buf += data
+        return None
 
     @property
     def buffered(self) -> bool:
@@ -242,11 +273,28 @@ class LaneWriter:
 
     def send(self, parts: Sequence[Any], on_written: Callable[[], None] | None = None) -> bool:
         """Queue one frame's parts and write what the descriptor takes; True if all of it has left."""
+        if on_written is None and not self._queue and len(parts) == 1 and type(parts[0]) is bytes:
+            return self._send_one(parts[0])  # the common case: one small frame, nothing waiting before it
         self._queue.extend(parts)
         self.queued += size(parts)
         if on_written is not None:
             self._marks.append((self._written + self.queued, on_written))
         return self.flush()
+
+    def _send_one(self, part: bytes) -> bool:
+        try:
+            written = os.write(self.fd, part)
+        except (BlockingIOError, InterruptedError):
+            written = 0
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            self.discard()
+            raise LaneClosed(f"the lane was closed: {exc}") from None
+        self._written += written  # nothing waited: every earlier frame's mark has been called
+        if written == len(part):
+            return True
+        self._queue.append(memoryview(part)[written:])
+        self.queued += len(part) - written
+        return False
 
     def flush(self) -> bool:
         """Write what waits; True if nothing is left. Raises `LaneClosed` if the other end has gone."""
