@@ -126,6 +126,29 @@ def test_the_reader_checks_every_length_before_allocating(data):
         ours.close()
 
 
+def test_a_small_frame_alone_in_one_read_meets_the_same_caps():
+    """A frame that arrives whole and alone is parsed in one step: its JSON cap, header and body are checked
+    there as on the general path."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    reader = lane.LaneReader(ours.fileno(), max_message_bytes=4096, max_json=64)
+    try:
+        theirs.sendall(lane.encode(lane.REPLY, 7, {"status": "ok"})[0])
+        (frame,) = reader.read()
+        assert (frame.kind, frame.id, frame.content, frame.buffers) == (lane.REPLY, 7, {"status": "ok"}, [])
+        for bad, why in [
+            (lane.encode(lane.REPLY, 8, {"x": "y" * 100})[0], "over the cap of 64"),
+            (lane.HEADER.pack(lane.REPLY, 0, 0, 2, 9) + b"[]", "must be a JSON object"),
+            (lane.HEADER.pack(lane.REPLY, 0, 0, 1, 9) + b"{", "not JSON"),
+        ]:
+            theirs.sendall(bad)
+            with pytest.raises(lane.LaneError, match=why):
+                reader.read()
+    finally:
+        ours.close()
+        theirs.close()
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=frames())
 def test_malformed_frames_from_a_worker_end_that_worker_only(data, lane_broker):

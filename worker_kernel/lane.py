@@ -177,6 +177,8 @@ class LaneReader:
         if len(data) >= HEADER_SIZE:
             kind, zero, count, json_length, id = HEADER.unpack_from(data)
             if not count and len(data) == HEADER_SIZE + json_length and not zero and kind:
+                if json_length > self.max_json:  # the caps of `_parse`, though one read holds at most CHUNK
+                    raise LaneError(f"a lane frame's JSON of {json_length} bytes is over the cap of {self.max_json}")
                 if json_length > self.max_frame:
                     raise LaneError(f"a lane frame of {json_length} bytes is over the cap of {self.max_frame}")
                 try:
