@@ -13,7 +13,8 @@ A lane is as hostile as a socket: `LaneReader` checks every length against its c
 anything (at most `MAX_BUFFERS` buffers, and the whole frame, JSON and buffers together, within
 ``max_message_bytes`` plus `JSON_ALLOWANCE`, so that a value of ``max_message_bytes`` fits), and anything
 malformed raises `LaneError`, which ends that worker only. The reader and writer work on a file descriptor with
-``os.read``/``os.readv``/``os.writev`` alone, so a confined worker uses no system call it did not use before.
+``os.read``/``os.readv``/``os.write``/``os.writev`` alone, so a confined worker uses no system call it did not
+use before.
 
 Interrupts and shutdown travel the other way on a pipe of their own (``CONTROL``), which the worker's control
 thread reads while its main thread is busy: one fixed 9-byte record each (kind u8, call id u64).
