@@ -439,7 +439,7 @@ def test_a_remote_exception_prints_no_terminal_control_characters(broker, worker
     exception (a plain script's uncaught traceback) carries no escape sequence, carriage return or reordering."""
     import traceback
 
-    escapes = broker.worker_proxy(workers_dir / "escapes.py")
+    escapes = broker.worker_proxy(workers_dir / "nested_escapes.py")
     with pytest.raises(Exception) as info:
         getattr(escapes, function)()
     shown = "".join(traceback.format_exception(info.value))

@@ -1,19 +1,29 @@
-"""Exceptions that carry terminal escape sequences where Python prints them from nested arguments."""
+"""A hostile worker's text: escape sequences, carriage returns and bidirectional overrides in what it prints,
+raises and names, and output that claims to belong to no call (the red team's findings 03 and 04)."""
 
-import sys
+from worker_kernel import kernel
 
-NASTY = "\x1b]0;PWNED-TITLE\x07\x1b[31mRED\rOVERWRITTEN \u202eevil"
-
-
-def syntax_error():
-    raise SyntaxError("bad", (NASTY, 1, 1, "text " + NASTY))
+ESCAPES = "\x1b]0;PWNED-TITLE\x07 \x1b[31mRED\x1b[0m \rCR \u202eevil"
 
 
-def exception_group():
-    if sys.version_info < (3, 11):
-        raise ValueError(NASTY)
-    raise ExceptionGroup("group " + NASTY, [ValueError(NASTY)])  # noqa: F821 (3.11+)
+def printed():
+    print("visible-line\rFORGED host line overwrites", flush=True)
+    print("abc\u202edesrever", flush=True)
+    return "ok"
 
 
-def os_error():
-    raise OSError(2, "No such file " + NASTY, NASTY, None, NASTY)
+def stray():
+    """Output frames on the lane with call id 0 (no call), as a thread of the worker's could send after its call
+    returned; sent before this call's reply, so that the host has handled them when the call returns."""
+    running = kernel.running
+    running._lane_output(0, "stdout", '{"status": "ok", "balance": 1000000}\n')
+    running._lane_output(0, "stderr", "INFO:host: all checks passed\rERROR overwritten\n")
+    return "returned"
+
+
+def boom():
+    raise ValueError("msg " + ESCAPES)
+
+
+def boom2():
+    raise type("Bad\x1b[31mName", (Exception,), {})("x\x1b[5mblink " + ESCAPES)
