@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from worker_kernel.debugging import handler_for
+
 _handler: logging.Handler | None = None
 
 
@@ -36,7 +38,7 @@ def enable_to(fn: Callable[[str], Any] | None, level: int = logging.DEBUG) -> No
     logger = logging.getLogger("wb_magic")
     if _handler is not None:
         logger.removeHandler(_handler)
-    _handler = _CurrentStderr() if fn is None else _ToFunction(fn)
+    _handler = _CurrentStderr() if fn is None else handler_for(fn)
     _handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
     logger.addHandler(_handler)
     logger.setLevel(level)
@@ -67,17 +69,3 @@ class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
     @stream.setter
     def stream(self, value: Any) -> None:
         pass
-
-
-class _ToFunction(logging.Handler):
-    """Hands each record's text to a function, as the seed's ``enableDebugging(fn)`` does."""
-
-    def __init__(self, fn: Callable[[str], Any]) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.fn(self.format(record))
-        except Exception:
-            self.handleError(record)

@@ -30,7 +30,7 @@ def enable_debugging(enable: bool | Callable[..., Any] = True) -> None:
         on = False
         logger.setLevel(logging.NOTSET)
         return
-    _handler = _ToFunction(enable) if callable(enable) else logging.StreamHandler(_Stderr())
+    _handler = handler_for(enable) if callable(enable) else logging.StreamHandler(_Stderr())
     _handler.setFormatter(logging.Formatter("worker %(process)d %(name)s: %(message)s"))
     logger.addHandler(_handler)
     logger.setLevel(logging.DEBUG)
@@ -64,5 +64,7 @@ def _to_function_handler() -> type:
     return ToFunction
 
 
-def _ToFunction(fn: Callable[..., Any]) -> Any:  # noqa: N802 - a class made when first needed (logging is lazy)
+def handler_for(fn: Callable[..., Any]) -> Any:
+    """A `logging.Handler` that hands each record's text to ``fn``, as the seed's ``enableDebugging(fn)`` does
+    (the host's `wb_magic.debug` uses it too). Its class is made when first needed: logging is imported lazily."""
     return _to_function_handler()(fn)
