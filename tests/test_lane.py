@@ -305,6 +305,16 @@ def test_a_worker_that_floods_requests_and_reads_no_answer_is_not_read_and_starv
     assert outcome and isinstance(outcome[0], WorkerDied)  # closing the broker ended it
 
 
+def test_a_worker_reads_its_answers_while_it_writes_a_large_reply():
+    """A worker that leaves an answer of more than UNREAD_ANSWERS unread is not read until it takes it; a worker
+    that writes a large reply meanwhile must read while it waits for room, or each waits for the other."""
+    with WorkerBroker(call_timeout=60, warm_workers=0) as broker:  # each would wait for the other until then
+        writer = broker.worker_proxy(WORKERS / "reads_while_writing.py")
+        reply = writer.reply_while_answered(8, 48)
+        assert len(reply) == 48 * MiB
+        assert writer.reply_while_answered(8, 1) == bytes(MiB)  # and it goes on serving
+
+
 def _outcome(function, *args):
     try:
         return function(*args)
@@ -314,7 +324,7 @@ def _outcome(function, *args):
 
 BIG_ANSWERS = textwrap.dedent(
     """
-    import json, sys
+    import asyncio, io, json, sys
     import psutil
     from wb_magic import Permissions, WorkerBroker, WorkerDied, WorkerSpec
 
@@ -322,10 +332,36 @@ BIG_ANSWERS = textwrap.dedent(
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
+    class Watch(io.TextIOBase):  # the hog's output: "sent" once its requests have left
+        def __init__(self, loop, sent):
+            self.loop, self.sent = loop, sent
+        def write(self, text):
+            if "sent" in text:
+                self.loop.call_soon_threadsafe(self.sent.set)
+            return len(text)
+
+    async def unread_answers(broker, outcome):
+        \"\"\"The hog asks for four answers of 60 MiB and reads none until its call is cancelled.\"\"\"
+        sent = asyncio.Event()
+        sys.stdout = Watch(asyncio.get_running_loop(), sent)
+        try:
+            holding = asyncio.ensure_future(broker.worker_proxy(HOG, asynchronous=True).ask_for_big_answers(4, 60))
+            await sent.wait()
+            # the big worker answers in order: once it has answered this, the broker has had all four answers
+            await broker.worker_proxy(sys.argv[2], asynchronous=True).big(1)
+            outcome["growth"] = peak_rss() - before
+            holding.cancel()
+            try:
+                await holding
+            except asyncio.CancelledError:
+                pass
+        finally:
+            sys.stdout = sys.__stdout__
+
     HOG = sys.argv[1]
     spec = WorkerSpec(permissions=Permissions(read=[HOG]), memory_limit=512 << 20)
     outcome = {}
-    with WorkerBroker(call_timeout=600, warm_workers=0, worker_constructor=lambda m, s: spec) as broker:
+    with WorkerBroker(call_timeout=120, warm_workers=0, worker_constructor=lambda m, s: spec) as broker:
         hog = broker.worker_proxy(HOG)
         hog.hello("first")
         big = broker.worker_proxy(sys.argv[2])
@@ -333,13 +369,12 @@ BIG_ANSWERS = textwrap.dedent(
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         before = psutil.Process().memory_info().rss
-        outcome["sent"] = hog.ask_for_big_answers(4, 60)
+        asyncio.run(unread_answers(broker, outcome))
         outcome["answers"] = hog.answers(4)
         try:
             hog.json_bomb(3)
         except WorkerDied as exc:
             outcome["bomb"] = str(exc)
-        outcome["growth"] = peak_rss() - before
         try:
             big.large_json(30_000)
         except TypeError as exc:  # as any reply that cannot be encoded
@@ -362,12 +397,14 @@ def test_answers_a_worker_never_reads_and_json_bombs_stay_within_the_bound():
     decoded, and the worker ended). A legitimate result over the JSON cap fails its call and nothing else."""
     big = str(WORKERS / "untrusted" / "big_answers.py")
     done = subprocess.run(
-        [sys.executable, "-c", BIG_ANSWERS, BACKPRESSURE, big], capture_output=True, text=True, timeout=540, check=False
+        [sys.executable, "-c", BIG_ANSWERS, BACKPRESSURE, big], capture_output=True, text=True, timeout=500, check=False
     )
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     print("host RSS growth:", outcome["growth"] // MiB, "MiB")
-    assert outcome["sent"] == "sent"
+    taken, *dropped = outcome["answers"]
+    assert taken == "ok" and len(dropped) == 3
+    assert all("the answer was dropped" in answer for answer in dropped), dropped
     assert "JSON of" in outcome["bomb"] and "over the cap" in outcome["bomb"]
     assert "a sandboxed worker may send" in outcome["large_json"]
     assert outcome["after"] is True

@@ -57,6 +57,7 @@ Handler = Callable[[Any], None]  # takes a Message, or a LaneRequest shaped like
 IDLE_MS = 20
 MAX_EARLY_INTERRUPTS = 1024  # interrupted call ids remembered for calls that have not started yet
 DEFERRED_S = 0.5
+LOCK_TURN_S = 0.05  # how often the main thread, waiting for another thread's frame to leave, reads the lane
 
 running: WorkerKernel | None = None  # the kernel of this process, once started (see `worker.broker_proxy`)
 
@@ -259,8 +260,11 @@ class WorkerKernel:
             os.eventfd_read(self._wake_fd)
         except BlockingIOError:
             pass
-        if self._stopping and self.loop is not None:
-            self.loop.stop()
+        if self._stopping:
+            if self.loop is not None:
+                self.loop.stop()
+        elif self._lane_queue:  # frames read while a frame was written (`_lane_send`)
+            self._serve_lane_queue()
 
     def _stop(self) -> None:
         """Stop serving; safe from any thread."""
@@ -417,29 +421,52 @@ class WorkerKernel:
 
     def _lane_send(self, parts: list[Any]) -> None:
         """Write one frame, waiting while the lane is full. An interrupt that arrives meanwhile is held until
-        the frame is whole: a frame cut short would end the lane."""
+        the frame is whole: a frame cut short would end the lane.
+
+        The main thread reads while it waits (`_read_ahead`): the broker stops reading a worker that leaves
+        more than a little of its answers unread, so a worker that only wrote would wait for the broker while the
+        broker waits for it."""
         writer = self._lane_writer
         assert writer is not None
         on_main = threading.get_ident() == self._main_thread
         closed = False
-        with self._lane_lock:
+        if on_main:
+            self._lane_writing = True
+            while not self._lane_lock.acquire(timeout=LOCK_TURN_S):  # another thread's frame waits for room
+                closed = closed or not self._read_ahead()
+        else:
+            self._lane_lock.acquire()
+        try:
+            done = writer.send(parts)
+            while not done and not closed:
+                events = zmq.POLLOUT | zmq.POLLIN if on_main else zmq.POLLOUT
+                for _, ready in zmq.zmq_poll([(writer.fd, events)], -1):
+                    if ready & zmq.POLLIN and not self._read_ahead():
+                        closed = True
+                done = writer.flush()
+        except lane.LaneClosed:
+            closed = True
+        finally:
+            self._lane_lock.release()
             if on_main:
-                self._lane_writing = True
-            try:
-                done = writer.send(parts)
-                while not done:
-                    zmq.zmq_poll([(writer.fd, zmq.POLLOUT)], -1)
-                    done = writer.flush()
-            except lane.LaneClosed:
-                closed = True
-            finally:
-                if on_main:
-                    self._lane_writing = False
+                self._lane_writing = False
         if closed:  # said outside the lock: the warning goes out through the worker's stderr, and so to this lane
             log.warning("the lane was closed; exiting")
             self._stop()
         if on_main:
+            if self._lane_queue:  # read ahead: served by the loop, once what runs now has returned
+                os.eventfd_write(self._wake_fd, 1)
             self._deliver_deferred_interrupt()
+
+    def _read_ahead(self) -> bool:
+        """Read what the broker has written into the lane's queue, without serving it (main thread, while
+        waiting to write). False if the lane has ended."""
+        assert self._lane_reader is not None
+        try:
+            self._lane_queue.extend(self._lane_reader.read())
+        except (lane.LaneClosed, lane.LaneError):
+            return False
+        return True
 
     def _deliver_deferred_interrupt(self) -> None:
         """Raise the interrupt that arrived during lane I/O on the main thread, now that the I/O is whole."""

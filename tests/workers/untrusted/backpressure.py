@@ -6,6 +6,7 @@ it, or a flood of small requests the broker refuses, whose answers it would queu
 """
 
 import os
+import threading
 
 from worker_kernel import kernel, lane
 
@@ -75,15 +76,17 @@ def refused_flood(count=200_000, batch=1000):
 
 
 def ask_for_big_answers(count=6, mib=60):
-    """``count`` requests for ``big(mib)`` of another worker of this tenant, written at once and never read
-    meanwhile: each answer would wait in the host for this worker to take it (the second red team's finding 01)."""
+    """``count`` requests for ``big(mib)`` of another worker of this tenant, written at once; then say "sent" and
+    wait, reading nothing, until interrupted: each answer would wait in the host for this worker to take it (the
+    second red team's finding 01)."""
     running = kernel.running
     target = os.path.join(os.path.dirname(__file__), "big_answers.py")
     request = {"target": target, "segregation_id": None, "function": "big", "args": [mib], "kwargs": {}}
     for i in range(count):
         running._waiting[FIRST_ID + i] = None
         _write_all(running._lane_fd, lane.encode(lane.BROKER, FIRST_ID + i, request))
-    return "sent"
+    print("sent", flush=True)
+    threading.Event().wait()
 
 
 def json_bomb(mib=3):
