@@ -492,8 +492,9 @@ class WorkerBroker:
             lane.launched()  # the worker holds its ends now
         process = ProcessWatch(manager)
         try:
+            ours = spec.argv is None and spec.kernel_name is None  # worker_kernel, which holds iopub (JupyterLink)
             link: Link = lane or JupyterLink(
-                self._context, dict(manager.get_connection_info()), self._identity, self.max_message_bytes
+                self._context, dict(manager.get_connection_info()), self._identity, self.max_message_bytes, ours
             )
             worker = Worker(None, "", None, spec, link, process)
             worker.output = output

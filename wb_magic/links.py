@@ -370,9 +370,23 @@ class JupyterLink(Link):
 
     kind = "jupyter"
 
-    def __init__(self, context: zmq.Context, info: dict[str, Any], identity: bytes, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        context: zmq.Context,
+        info: dict[str, Any],
+        identity: bytes,
+        max_message_bytes: int,
+        holds_output: bool = False,
+    ) -> None:
+        """``holds_output``: the worker is our own kernel, which holds its iopub messages until a subscriber shows
+        (an XPUB socket drops what it publishes before). A call waits here until its first iopub message has
+        arrived: else what a call prints before the subscription reaches the worker (a slow start) would wait
+        in the worker until the call has returned, and the output of a call that waits on something stays unseen.
+        An attached kernel (any kernel) may publish nothing until asked: its calls leave at once."""
         self.connection = WorkerConnection(context, info, identity, max_message_bytes)
         self.session = self.connection.session
+        self._subscribed = not holds_output
+        self._unsent: list[list[Any]] = []  # calls waiting for the subscription (see above)
         self._pump: Pump | None = None
         self._events: LinkEvents | None = None
         self._worker: Worker | None = None
@@ -397,7 +411,10 @@ class JupyterLink(Link):
         return self.session.message(msg_type, content, buffers=buffers, msg_id=call_id)[1]
 
     def send(self, encoded: Any, on_written: Callable[[], None] | None = None) -> None:
-        self._send(self.connection.shell, encoded)
+        if self._subscribed:
+            self._send(self.connection.shell, encoded)
+        else:
+            self._unsent.append(encoded)
         if on_written is not None:
             on_written()
 
@@ -476,6 +493,11 @@ class JupyterLink(Link):
         events, worker = self._events, self._worker
         assert events is not None and worker is not None
         for msg in self._receive(self.connection.iopub):
+            if not self._subscribed:  # the worker knows of our subscription now: its held messages have come
+                self._subscribed = True
+                unsent, self._unsent = self._unsent, []
+                for encoded in unsent:
+                    self._send(self.connection.shell, encoded)
             if msg.msg_type == "stream":  # text only: a worker never gets to put HTML or JavaScript before the user
                 events._output_arrived(worker, msg.parent_id, msg.content)
 
