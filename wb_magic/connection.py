@@ -26,6 +26,9 @@ RECONNECT_MS = 2
 RECONNECT_MAX_MS = 10
 MAX_MESSAGE_BYTES = 64 << 20  # default cap on one frame from a worker: ZeroMQ drops the connection past it
 RECEIVE_QUEUE = 100  # messages queued per socket before ZeroMQ stops reading from the worker
+# a shutdown request is sent just before the sockets close: with no linger, ZeroMQ may drop it unsent (its I/O
+# thread writes it a moment later), and a worker with no process here to end (attached, remote) would live on
+CONTROL_LINGER_MS = 1000
 
 
 class WorkerConnection:
@@ -76,7 +79,7 @@ class WorkerConnection:
     def close(self) -> None:
         self.shell.disable_monitor()
         for sock in self.sockets:
-            sock.close(linger=0)
+            sock.close(linger=CONTROL_LINGER_MS if sock is self.control else 0)
 
 
 def pidfd(pid: int | None) -> int | None:

@@ -116,6 +116,10 @@ class LaneReader:
         self.max_frame = max_message_bytes + JSON_ALLOWANCE
         self.max_json = self.max_frame if max_json is None else max_json
         self._buf = bytearray()
+        # every read lands here first: os.read(fd, CHUNK) would allocate (mmap) a fresh CHUNK-sized bytes object
+        # and then shrink and free it, three system calls and a page fault on every small frame
+        self._scratch = bytearray(CHUNK)
+        self._scratch_view = memoryview(self._scratch)
         self._block: bytearray | None = None  # a large frame's body, read into place
         self._got = 0
         self._pending: tuple[int, int, int, list[int]] | None = None  # kind, id, json length, buffer lengths
@@ -149,7 +153,7 @@ class LaneReader:
                         frames.append(self._frame(block))
                         return frames  # one large frame at a time: the caller lets go of it before the next
                     continue
-                data = os.read(self.fd, CHUNK)
+                data = self._scratch_view[: os.readv(self.fd, (self._scratch,))]
             except (BlockingIOError, InterruptedError):
                 return frames
             except ConnectionResetError:  # closed with our data unread
@@ -168,7 +172,7 @@ class LaneReader:
         """One read; the frame if it is exactly one frame without buffers, else None with what was read kept
         in ``_buf`` for the general path. The same checks as `_parse` and `_frame`, in fewer steps."""
         try:
-            data = os.read(self.fd, CHUNK)
+            data = self._scratch_view[: os.readv(self.fd, (self._scratch,))]
         except (BlockingIOError, InterruptedError):
             return []
         except ConnectionResetError:  # closed with our data unread

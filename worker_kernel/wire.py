@@ -62,12 +62,12 @@ def _dumps_stdlib(obj: Any) -> bytes:
         raise TypeError("str is not valid UTF-8: surrogates not allowed") from None
 
 
-def _loads_stdlib(data: bytes) -> Any:
-    return _stdlib_decode(data.decode())
+def _loads_stdlib(data: bytes | bytearray | memoryview) -> Any:
+    return _stdlib_decode(str(data, "utf-8"))
 
 
 dumps: Callable[[Any], bytes] = _dumps_stdlib
-loads: Callable[[bytes], Any] = _loads_stdlib
+loads: Callable[[bytes | bytearray | memoryview], Any] = _loads_stdlib
 
 
 def use_orjson() -> bool:
@@ -81,7 +81,7 @@ def use_orjson() -> bool:
     except ImportError:  # pragma: no cover - orjson is a dependency, but the wire works without it
         return False
 
-    def _loads_orjson(data: bytes) -> Any:
+    def _loads_orjson(data: bytes | bytearray | memoryview) -> Any:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
