@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import errno
 import os
+import select
 import signal
 import sys
 import threading
@@ -119,6 +120,7 @@ class WorkerKernel:
         self._lane_queue: deque[lane.Frame] = deque()  # frames read but not yet handled, in order
         self._lane_requests = count(1)
         self._lane_writing = False  # lane I/O on the main thread is under way: an interrupt waits for its end
+        self._zmq_quiet = False  # the ZeroMQ sockets are empty and untouched since zmq_poll said so (see _serve)
         self._deferred_interrupt: tuple[str | int | None] | None = None
         self.shell_handlers: dict[str, Handler] = {
             "kernel_info_request": self._kernel_info,
@@ -211,7 +213,13 @@ class WorkerKernel:
             self._close()
 
     def _serve(self) -> None:
-        """The lean loop: poll the sockets and dispatch, until stopped or until a coroutine needs asyncio."""
+        """The lean loop: poll the sockets and dispatch, until stopped or until a coroutine needs asyncio.
+
+        zmq_poll asks every ZeroMQ socket for its events before it waits (a poll and a getpid system call each),
+        which a lane call, touching none of them, need not pay for. So while the ZeroMQ sockets are known to be
+        empty (`_zmq_quiet`: the last zmq_poll found nothing on them, and nothing has touched them since), the
+        loop waits with a plain poll on the lane, the wake-up descriptor and the sockets' descriptors, which turn
+        readable when something reaches a socket; then it goes back to zmq_poll until they are empty again."""
         poller = zmq.Poller()
         handlers: dict[Any, Callable[[], None]] = {
             self.shell: self._next_shell,  # zmq_poll is level-triggered: one message a turn, no draining
@@ -223,15 +231,30 @@ class WorkerKernel:
             handlers[self._lane_fd] = self._drain_lane
         for source in handlers:
             poller.register(source, zmq.POLLIN)
+        sockets = {sock for sock in handlers if isinstance(sock, zmq.Socket)}
+        plain = select.poll()
+        plain_handlers = {fd: handler for fd, handler in handlers.items() if isinstance(fd, int)}
+        for fd in [*plain_handlers, *(sock.FD for sock in sockets)]:
+            plain.register(fd, select.POLLIN)
         self._drain_all()
         deferred_until = time.monotonic() + DEFERRED_S
         while not self._stopping and self.loop is None:
-            ready = poller.poll(None if self._fast_json else IDLE_MS)
+            timeout = None if self._fast_json else IDLE_MS
+            if self._zmq_quiet:
+                events = plain.poll(timeout)
+                ready = [(fd, 0) for fd, _ in events if fd in plain_handlers]
+                if len(ready) < len(events):  # a ZeroMQ socket has news: zmq_poll tells which, from the next turn
+                    self._zmq_quiet = False
+            else:
+                ready = poller.poll(timeout)
+                self._zmq_quiet = not any(source in sockets for source, _ in ready)
             if not self._fast_json and (not ready or time.monotonic() > deferred_until):
                 self._fast_json = True
                 use_orjson()  # idle (the first call, if one was waiting, has had its answer), or busy for long
             for source, _ in ready:
-                handlers[source]()
+                handler = handlers.get(source)
+                if handler is not None:  # (the lane's, once it has closed: the loop is about to stop)
+                    handler()
 
     def _serve_asyncio(self) -> None:
         loop = self.loop
@@ -828,7 +851,8 @@ class WorkerKernel:
                 for sock, _ in self._nested.poll(None if wait is None else int(wait * 1000) + 1):
                     self._nested_handlers[sock]()
         finally:
-            if self.loop is not None:  # polling here took wake-ups that the loop's (edge-triggered) readers wait for
+            self._zmq_quiet = False  # polling here took wake-ups that the sockets' descriptors would have given
+            if self.loop is not None:  # and that the loop's (edge-triggered) readers wait for
                 self.loop.call_soon(self._drain_all)
         return _answer(self._answers.pop(msg_id))
 
