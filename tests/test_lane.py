@@ -305,6 +305,17 @@ def test_a_worker_that_floods_requests_and_reads_no_answer_is_not_read_and_starv
     assert outcome and isinstance(outcome[0], WorkerDied)  # closing the broker ended it
 
 
+@pytest.mark.parametrize("spin", [0.0, lane.SPIN, 0.01])
+def test_waiting_sides_poll_for_as_long_as_the_broker_says(spin):
+    """``spin`` is a speed setting only: off, the default or long, calls (and calls between workers) give the
+    same results."""
+    with WorkerBroker(warm_workers=0, spin=spin) as broker:
+        assert broker.spin == spin
+        caller = broker.worker_proxy(WORKERS / "caller.py")
+        assert [caller.greet(str(i)) for i in range(50)] == [f"Hello {i}" for i in range(50)]
+        assert caller.ping(6) == "done"
+
+
 def test_a_worker_reads_its_answers_while_it_writes_a_large_reply():
     """A worker that leaves an answer of more than UNREAD_ANSWERS unread is not read until it takes it; a worker
     that writes a large reply meanwhile must read while it waits for room, or each waits for the other."""

@@ -28,7 +28,7 @@ from worker_kernel.codec import (
     exception_from_wire,
     exception_to_wire,
 )
-from worker_kernel.lane import SANDBOXED_MAX_JSON
+from worker_kernel.lane import SANDBOXED_MAX_JSON, SPIN
 from worker_kernel.loader import is_file_spec, module_file, module_name_for, resolve_module, split_target
 from worker_kernel.messages import RELAYED, WB_CALL, WB_DEBUG, WB_IMPORT, WB_INSPECT, BrokerRequest, Reply
 from worker_kernel.procstatus import is_confined, read_status
@@ -85,6 +85,11 @@ class WorkerBroker:
     ``call_policy(source_module, source_segregation_id, module, segregation_id, function)`` is asked first: True
     allows a call, False refuses it (`PermissionError` in the caller), None leaves it to the default rule.
     ``worker_constructor`` receives a module's real path (a dotted name's file, where one is found).
+
+    ``spin`` (seconds, 50 µs by default; 0 turns it off) is how long the thread that waits for a reply, and a
+    local worker that waits for its next call, poll before they sleep: on a virtual machine, waking a halted CPU
+    costs tens of µs each way, most of a hot call's time otherwise (docs/benchmarks.md). It costs at most that
+    much CPU per wait.
     """
 
     def __init__(
@@ -99,13 +104,15 @@ class WorkerBroker:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         call_policy: CallPolicy | None = None,
         sandbox_quota: int = DEFAULT_SANDBOX_QUOTA,
+        spin: float = SPIN,
     ) -> None:
         self.worker_key_supplier = worker_key_supplier
         self.worker_constructor = worker_constructor
         self.worker_cleaner = worker_cleaner
         self.call_timeout = call_timeout
         self._context = zmq.Context()
-        self._pump = Pump()
+        self.spin = max(0.0, spin)
+        self._pump = Pump(self.spin)
         self._identity = os.urandom(8).hex().encode()
         self._workers: dict[Hashable, Worker] = {}
         self._busters: dict[str, str] = {}
@@ -483,7 +490,7 @@ class WorkerBroker:
         max_json = SANDBOXED_MAX_JSON if spec.sandboxed else None  # see lane.SANDBOXED_MAX_JSON
         lane = LaneLink(self.max_message_bytes, max_json) if spec.uses_lane else None
         try:
-            manager = launch(spec, module, output, lane.child_fds if lane is not None else None)
+            manager = launch(spec, module, output, lane.child_fds if lane is not None else None, self.spin)
         except Exception as exc:
             if lane is not None:
                 lane.close()

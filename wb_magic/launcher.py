@@ -219,6 +219,7 @@ def launch(
     module: str | None = None,
     output: WorkerOutput | None = None,
     lane: tuple[int, int] | None = None,
+    spin: float = 0.0,
 ) -> KernelManager | ProvisionedKernel:
     """Start a worker kernel; returns its manager with the kernel process running (perhaps not yet bound).
     ``module`` is the worker's target, which a sandboxed worker may read; ``output``, the pipes that take the
@@ -258,6 +259,7 @@ def launch(
         if spec.sandboxed:  # so that it fails a call whose JSON its broker would refuse, rather than be ended
             kwargs["env"][lanes.MAX_JSON_ENV] = str(lanes.SANDBOXED_MAX_JSON)
         kwargs["pass_fds"] = lane
+        kwargs["env"][lanes.SPIN_ENV] = str(round(spin * 1e6))
     try:
         manager.start_kernel(**kwargs)
     finally:

@@ -31,13 +31,17 @@ from collections.abc import Callable
 from itertools import count
 from typing import Any
 
+from worker_kernel.lane import spin_poll
+
 log = logging.getLogger("wb_magic")
 
 BATCH_SENDS = 16  # coroutines' sends queued before they go out together (see Pump.batch)
 
 
 class Pump:
-    def __init__(self) -> None:
+    def __init__(self, spin: float = 0.0) -> None:
+        """``spin``: seconds that a thread waiting for a reply polls before it sleeps (see lane.SPIN)."""
+        self.spin = spin
         self._cv = threading.Condition(threading.Lock())
         self._leader: int | None = None
         self._followers = 0
@@ -250,7 +254,8 @@ class Pump:
         fds: set[int] = set()
         if not dirty_only:
             wait = 0 if self._dirty else (-1 if timeout is None else timeout / 1000)
-            fds = {fd for fd, _ in self._epoll.poll(wait)}
+            events = spin_poll(self._epoll.poll, self.spin) if wait and self.spin else None
+            fds = {fd for fd, _ in events or self._epoll.poll(wait)}
         if self._dirty:
             with self._cv:
                 fds |= self._dirty

@@ -171,6 +171,8 @@ class WorkerKernel:
         if fds is not None:
             self._open_lane(*fds)
         max_json = os.environ.pop(lane.MAX_JSON_ENV, "")
+        spin_us = os.environ.pop(lane.SPIN_ENV, "")
+        self._spin = int(spin_us) / 1e6 if spin_us.isdigit() and self._lane_fd is not None else 0.0
         self._max_json = int(max_json) if max_json.isdigit() else None
         self._ports_moved = False
         self.shell = self._bind(zmq.ROUTER, "shell")
@@ -241,7 +243,8 @@ class WorkerKernel:
         while not self._stopping and self.loop is None:
             timeout = None if self._fast_json else IDLE_MS
             if self._zmq_quiet:
-                events = plain.poll(timeout)
+                events = lane.spin_poll(plain.poll, self._spin) if self._spin else []
+                events = events or plain.poll(timeout)
                 ready = [(fd, 0) for fd, _ in events if fd in plain_handlers]
                 if len(ready) < len(events):  # a ZeroMQ socket has news: zmq_poll tells which, from the next turn
                     self._zmq_quiet = False

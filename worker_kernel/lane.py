@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,6 +48,11 @@ MAX_READS = 64  # reads per `LaneReader.read`, so that one chatty worker cannot 
 IOV_MAX = 512  # buffers given to one writev
 ENV = "WB_LANE"  # "LANE_FD,CONTROL_FD" in a worker's environment
 MAX_JSON_ENV = "WB_LANE_MAX_JSON"  # the JSON a sandboxed worker's broker takes in one frame (SANDBOXED_MAX_JSON)
+SPIN_ENV = "WB_LANE_SPIN_US"  # how long a lane worker polls for the next frame before it sleeps (see SPIN)
+# A side that waits (the host for a reply, a lane worker for its next call) polls for this long before it sleeps.
+# On a virtual machine a sleeping CPU is halted, and waking it costs an interrupt across CPUs and a trip through
+# the hypervisor, tens of µs each way: most of a hot call's time on this project's VM (docs/benchmarks.md).
+SPIN = 50e-6
 OUTPUT_CHUNK = 256 * 1024  # characters of output per frame: within any JSON cap, however the text is escaped
 
 # what a frame is (host -> worker: CALL, IMPORT, INSPECT, DEBUG, BROKER_REPLY; worker -> host: REPLY, STREAM, BROKER)
@@ -339,6 +345,18 @@ class LaneWriter:
         marks, self._marks = self._marks, deque()
         for _, on_written in marks:
             on_written()
+
+
+def spin_poll(poll: Callable[[int], list[tuple[int, int]]], seconds: float) -> list[tuple[int, int]]:
+    """``poll(0)`` again and again for up to ``seconds`` (see SPIN), yielding the CPU between polls to any thread
+    or process that is ready to run; what the last poll found (perhaps nothing)."""
+    events = poll(0)
+    if not events:
+        until = time.perf_counter() + seconds
+        while not events and time.perf_counter() < until:
+            os.sched_yield()
+            events = poll(0)
+    return events
 
 
 def control_record(kind: int, call_id: int = 0) -> bytes:
