@@ -114,6 +114,8 @@ class WorkerKernel:
         self._lane_fd: int | None = None
         self._control_fd: int | None = None
         self._lane_reader: lane.LaneReader | None = None
+        self._lane_poll: Any = None  # select.poll of the lane alone (see broker_request)
+        self._spin = 0.0  # seconds polled before a wait sleeps (lane.SPIN), set from the environment in start()
         self._lane_writer: lane.LaneWriter | None = None
         self._max_json: int | None = None  # what the broker takes of one frame's JSON (a sandboxed worker's)
         self._lane_lock = threading.Lock()
@@ -402,6 +404,8 @@ class WorkerKernel:
         os.set_blocking(lane_fd, False)
         self._lane_fd, self._control_fd = lane_fd, control_fd
         self._lane_reader = lane.LaneReader(lane_fd, lane.FROM_BROKER)
+        self._lane_poll = select.poll()  # the lane alone, for the polling before a nested wait sleeps
+        self._lane_poll.register(lane_fd, select.POLLIN)
         self._lane_writer = lane.LaneWriter(lane_fd)
 
     def _drain_lane(self) -> None:
@@ -424,6 +428,7 @@ class WorkerKernel:
         fd, self._lane_fd = self._lane_fd, None
         if fd is None:
             return
+        self._lane_poll = None
         self._nested.unregister(fd)
         self._nested_handlers.pop(fd, None)
         if self.loop is not None:
@@ -851,6 +856,9 @@ class WorkerKernel:
                 if wait == 0.0:
                     self._waiting.pop(msg_id, None)
                     raise CallTimeout(f"no answer from the broker within {timeout} s")
+                if self._spin and self._lane_poll is not None and lane.spin_poll(self._lane_poll.poll, self._spin):
+                    self._drain_lane()  # the answer (or a call of a cycle) came while we polled: no sleep
+                    continue
                 for sock, _ in self._nested.poll(None if wait is None else int(wait * 1000) + 1):
                     self._nested_handlers[sock]()
         finally:
