@@ -133,3 +133,11 @@ def test_module_file_finds_a_dotted_module_without_importing_it():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0].endswith("/xml/dom/minidom.py") and out[1:] == ["None", "None", "False"]
+
+
+def test_routed_calls_with_a_timeout_leave_no_timer_behind(caller, broker):
+    """Each routed call with a timeout sets a timer in the broker; a call that ends forgets it, so a worker that
+    makes many calls with long timeouts does not make the broker hold one per call until they expire."""
+    assert caller.greet_within(300, 600) == 300
+    assert len([timer for timer in broker._pump._timers if timer[2] is not None]) < 5  # heartbeats, say
+    assert len(broker._pump._timers) <= 300 // 2 + 5

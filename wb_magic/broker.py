@@ -64,6 +64,7 @@ STRAY_OUTPUT_RATE = 64 * 1024  # characters a second of output that belongs to n
 DEFAULT_MAX_WORKERS = 64  # worker processes at once; at the limit the least recently used idle one is evicted
 DEFAULT_SANDBOX_QUOTA = 4  # live workers that calls from one sandboxed worker (and its delegates) may have started
 MAX_REQUESTS_IN_FLIGHT = 1024  # worker-to-worker requests of one worker being served at once; more are refused
+RESOLVED = 4096  # resolved targets of workers' requests remembered (see _resolve_routed)
 UNREAD_ANSWERS = 1 << 20  # bytes of answers a worker has not taken, past which it is not read until it takes them
 
 
@@ -127,6 +128,7 @@ class WorkerBroker:
         self.call_policy = call_policy
         self.sandbox_quota = sandbox_quota
         self._origins: dict[str, str | None] = {}
+        self._resolved: dict[tuple[str, str], str] = {}  # (a routed request's target, its caller) -> module
         self._pool: list[Worker] = []  # started kernels with no module yet, launched with the default spec
         self._pool_spec = WorkerSpec()
         self._pool_wanted = threading.Event()
@@ -369,6 +371,20 @@ class WorkerBroker:
     def _resolve(self, target: Target, base: str | None = None) -> tuple[str, str | None]:
         spec, segregation_id = split_target(target)
         return resolve_module(spec, base), segregation_id
+
+    def _resolve_routed(self, spec: Any, base: str) -> str:
+        """`resolve_module` for a worker's request, remembered: a path is made real with a system call per part,
+        which a worker calling the same module again and again need not pay each time. At most RESOLVED entries
+        (what a worker names is its choice), forgotten together when full."""
+        key = (spec, base)
+        found = self._resolved.get(key) if type(spec) is str else None
+        if found is None:
+            found = resolve_module(spec, base)
+            if type(spec) is str:
+                if len(self._resolved) >= RESOLVED:
+                    self._resolved.clear()
+                self._resolved[key] = found
+        return found
 
     def _key(self, module: str, segregation_id: str | None) -> Hashable:
         if self.worker_key_supplier is not None:
@@ -879,7 +895,8 @@ class WorkerBroker:
             requested = request.segregation_id
             if source.spec.sandboxed and requested in (None, ""):
                 requested = source.segregation_id  # a sandboxed worker calls as its own tenant
-            module, segregation_id = self._resolve((request.target, requested), base=caller_module)
+            named, segregation_id = split_target((request.target, requested))
+            module = self._resolve_routed(named, caller_module)
             target_spec = self._spec_if_live(module, segregation_id)
 
             def spec_of_target() -> WorkerSpec:
@@ -888,15 +905,16 @@ class WorkerBroker:
                     target_spec = self._spec(module, segregation_id)
                 return target_spec
 
-            refusal = f"{_label(caller_module)} may not call {function}() of {_label(module)}"
             verdict = self.call_policy(caller_module, source.segregation_id, module, segregation_id, function) if (
                 self.call_policy is not None
             ) else None  # fmt: skip
             if verdict is None:
                 broken = default_rule(source.spec, source.segregation_id, module, segregation_id, spec_of_target)
                 if broken is not None:
+                    refusal = f"{_label(caller_module)} may not call {function}() of {_label(module)}"
                     raise PermissionError(f"{refusal}: {broken} (a call_policy can allow it)")
             elif not verdict:
+                refusal = f"{_label(caller_module)} may not call {function}() of {_label(module)}"
                 raise PermissionError(f"{refusal} (the broker's call_policy says no)")
             sponsor = source.sponsor if source.sponsor is not None else (source.key if source.spec.sandboxed else None)
             target = self._worker(module, segregation_id, sponsor, target_spec)
@@ -907,8 +925,12 @@ class WorkerBroker:
         call = Call(target.link.new_id(), target, function, origin.stdout if origin else None,
                     origin.stderr if origin else None)  # fmt: skip
 
+        expiry: list[Any] | None = None
+
         def relay(call: Call) -> None:
             source.requests_in_flight -= 1
+            if expiry is not None:
+                self._pump.cancel(expiry)
             if call.error is not None:
                 answer(messages.error(exception_to_wire(call.error, [])))
             else:
@@ -937,17 +959,16 @@ class WorkerBroker:
             target.pending.pop(call.msg_id, None)
             answer(messages.error(exception_to_wire(exc, [])))
             return
-        source.requests_in_flight += 1  # until `relay` answers it, however the call ends
-        send()
-        timeout = request.timeout
+        timeout = request.timeout  # its timer is set first: a call that fails as it is sent cancels it
         if timeout:
-            error = CallTimeout(f"{function}() in worker {target.key!r} took longer than {timeout} s")
 
             def expire() -> None:
-                self._end(call, error)
+                self._end(call, CallTimeout(f"{function}() in worker {target.key!r} took longer than {timeout} s"))
                 self._interrupt(target, call)
 
-            self._pump.at(now() + timeout, expire)
+            expiry = self._pump.at(now() + timeout, expire)
+        source.requests_in_flight += 1  # until `relay` answers it, however the call ends
+        send()
 
     def _spec_if_live(self, module: str, segregation_id: str | None) -> WorkerSpec | None:
         with self._lock:

@@ -8,6 +8,7 @@ first request until the kernel has bound its sockets, so the first call is sent 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -89,7 +90,7 @@ class WorkerSpec:
             return self.lane
         return self.sandboxed or (self.argv is None and LANE_BY_DEFAULT)
 
-    @property
+    @functools.cached_property  # asked on every routed call; a frozen spec's answer never changes
     def sandboxed(self) -> bool:
         limits = (self.memory_limit, self.cpu_seconds, self.file_size_limit)
         return self.permissions is not None or any(limit is not None for limit in limits)

@@ -15,6 +15,7 @@ place that looks at a worker's process: a pidfd where there is one, the provisio
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import select
@@ -143,26 +144,29 @@ class ProcessWatch:
             log.debug("cleaning up after a worker failed", exc_info=True)
 
 
-class Link:
+class Link(abc.ABC):
     """One worker's connection. Built connected; `open` hands it to the pump."""
 
     kind = ""
 
+    @abc.abstractmethod
     def new_id(self) -> Any:
-        raise NotImplementedError
+        """A fresh id for a call on this link."""
 
+    @abc.abstractmethod
     def open(self, pump: Pump, events: LinkEvents, worker: Worker) -> None:
-        raise NotImplementedError
+        """Register with ``pump``: what arrives from the worker is handed to ``events``."""
 
+    @abc.abstractmethod
     def request(self, msg_type: str, call_id: Any, content: dict[str, Any], buffers: list[Any]) -> Any:
         """Encode a request now (raises TypeError/ValueError if it cannot be); `send` sends it on the pump."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def send(self, encoded: Any, on_written: Callable[[], None] | None = None) -> None:
         """Send (on the pump). ``on_written()`` is called once the message has left the host's queue for the
         worker (at once where the link cannot tell)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def answer(
         self,
         request: BrokerRequest,
@@ -174,7 +178,6 @@ class Link:
         ``account(n)`` is asked before an answer of ``n`` bytes is queued (False: the host will not hold it for
         this worker, and nothing is sent: the caller answers with an error instead), and told ``account(-n)``
         once it has left the host's queue (not at all where the link cannot tell). True if it was sent."""
-        raise NotImplementedError
 
     @property
     def queued(self) -> int:
@@ -183,19 +186,23 @@ class Link:
 
     def pause(self, paused: bool) -> None:
         """Stop reading what the worker sends (or read on): backpressure for a worker that does not read."""
+        return None  # a link that cannot stop reading (ZeroMQ's queues bound what it holds) does nothing
 
+    @abc.abstractmethod
     def interrupt(self, call_id: Any) -> None:
         """Interrupt one call (or, with None, all the worker runs). On the pump."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def request_shutdown(self) -> None:
-        raise NotImplementedError
+        """Ask the worker to exit (on the pump)."""
 
     def call_sent(self) -> None:
         """A call has left (the Jupyter link watches a worker without a process by its heartbeat meanwhile)."""
+        return None
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release the link's sockets and descriptors (idempotent)."""
 
 
 class LaneLink(Link):

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from itertools import count
 from typing import Any
 
-from worker_kernel.lane import spin_poll
+from worker_kernel.lane import Spinner
 
 log = logging.getLogger("wb_magic")
 
@@ -41,7 +41,7 @@ BATCH_SENDS = 16  # coroutines' sends queued before they go out together (see Pu
 class Pump:
     def __init__(self, spin: float = 0.0) -> None:
         """``spin``: seconds that a thread waiting for a reply polls before it sleeps (see lane.SPIN)."""
-        self.spin = spin
+        self._spinner = Spinner(spin)
         self._cv = threading.Condition(threading.Lock())
         self._leader: int | None = None
         self._followers = 0
@@ -57,7 +57,8 @@ class Pump:
         self._dirty: set[int] = set()  # descriptors of sockets to look at whether or not epoll says so
         self._writers: set[int] = set()  # descriptors watched for room to write too (see want_write)
         self._muted: set[int] = set()  # descriptors not watched for reading (see want_read)
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timers: list[list[Any]] = []  # a heap of [when, id, action]; a cancelled one's action is None
+        self._cancelled = 0
         self._timer_ids = count()
         self._async_pending = 0
         self._loops: list[Any] = []  # event loops that take turns through readers (see serve_loop)
@@ -164,15 +165,32 @@ class Pump:
         if fd is not None:  # else it has been unregistered (its worker is gone): nothing to look at
             self._dirty.add(fd)
 
-    def at(self, when: float, action: Callable[[], None]) -> None:
-        """Run ``action`` on the leader at ``when`` (time.monotonic) or soon after."""
+    def at(self, when: float, action: Callable[[], None]) -> list[Any]:
+        """Run ``action`` on the leader at ``when`` (time.monotonic) or soon after; returns the timer, for
+        `cancel`."""
         if not math.isfinite(when):
             raise ValueError(f"a timer needs a finite time, not {when!r}")
+        timer = [when, next(self._timer_ids), action]
         with self._cv:
-            heapq.heappush(self._timers, (when, next(self._timer_ids), action))
+            heapq.heappush(self._timers, timer)
         self._wake()
         delay = max(0.0, when - _now())
         self._on_loops(lambda loop: loop.call_later(delay, self.turn))
+        return timer
+
+    def cancel(self, timer: list[Any]) -> None:
+        """Forget a timer that has not run (a routed call's timeout, once the call is over): its action is
+        dropped at once, and the heap is rebuilt once half of it is cancelled timers, so that calls with long
+        timeouts do not pile up in it."""
+        with self._cv:
+            if timer[2] is None:
+                return
+            timer[2] = None
+            self._cancelled += 1
+            if self._cancelled * 2 > len(self._timers):
+                self._timers = [live for live in self._timers if live[2] is not None]
+                heapq.heapify(self._timers)
+                self._cancelled = 0
 
     # -- waiting ------------------------------------------------------------------------------------------------
 
@@ -254,8 +272,12 @@ class Pump:
         fds: set[int] = set()
         if not dirty_only:
             wait = 0 if self._dirty else (-1 if timeout is None else timeout / 1000)
-            events = spin_poll(self._epoll.poll, self.spin) if wait and self.spin else None
-            fds = {fd for fd, _ in events or self._epoll.poll(wait)}
+            events = self._spinner.spin(self._epoll.poll) if wait else None
+            if not events:
+                events = self._epoll.poll(wait)
+                if wait:
+                    self._spinner.woke()
+            fds = {fd for fd, _ in events}
         if self._dirty:
             with self._cv:
                 fds |= self._dirty
@@ -284,8 +306,12 @@ class Pump:
         now = _now()
         while self._timers and self._timers[0][0] <= now:
             with self._cv:
-                _, _, action = heapq.heappop(self._timers)
-            action()
+                timer = heapq.heappop(self._timers)
+                action, timer[2] = timer[2], None
+                if action is None:
+                    self._cancelled = max(0, self._cancelled - 1)
+            if action is not None:
+                action()
 
     def delivered(self) -> None:
         """Wake followers: a call they may wait on has ended. Under the lock, always: a follower checks its call

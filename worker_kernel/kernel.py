@@ -115,7 +115,8 @@ class WorkerKernel:
         self._control_fd: int | None = None
         self._lane_reader: lane.LaneReader | None = None
         self._lane_poll: Any = None  # select.poll of the lane alone (see broker_request)
-        self._spin = 0.0  # seconds polled before a wait sleeps (lane.SPIN), set from the environment in start()
+        # polling before a wait sleeps (lane.SPIN): between calls, and for an answer; set up in start()
+        self._idle_spinner = self._answer_spinner = lane.Spinner(0.0)
         self._lane_writer: lane.LaneWriter | None = None
         self._max_json: int | None = None  # what the broker takes of one frame's JSON (a sandboxed worker's)
         self._lane_lock = threading.Lock()
@@ -174,7 +175,8 @@ class WorkerKernel:
             self._open_lane(*fds)
         max_json = os.environ.pop(lane.MAX_JSON_ENV, "")
         spin_us = os.environ.pop(lane.SPIN_ENV, "")
-        self._spin = int(spin_us) / 1e6 if spin_us.isdigit() and self._lane_fd is not None else 0.0
+        spin = int(spin_us) / 1e6 if spin_us.isdigit() and self._lane_fd is not None else 0.0
+        self._idle_spinner, self._answer_spinner = lane.Spinner(spin), lane.Spinner(spin)
         self._max_json = int(max_json) if max_json.isdigit() else None
         self._ports_moved = False
         self.shell = self._bind(zmq.ROUTER, "shell")
@@ -245,8 +247,10 @@ class WorkerKernel:
         while not self._stopping and self.loop is None:
             timeout = None if self._fast_json else IDLE_MS
             if self._zmq_quiet:
-                events = lane.spin_poll(plain.poll, self._spin) if self._spin else []
-                events = events or plain.poll(timeout)
+                events = self._idle_spinner.spin(plain.poll)
+                if not events:
+                    events = plain.poll(timeout)
+                    self._idle_spinner.woke()
                 ready = [(fd, 0) for fd, _ in events if fd in plain_handlers]
                 if len(ready) < len(events):  # a ZeroMQ socket has news: zmq_poll tells which, from the next turn
                     self._zmq_quiet = False
@@ -856,10 +860,12 @@ class WorkerKernel:
                 if wait == 0.0:
                     self._waiting.pop(msg_id, None)
                     raise CallTimeout(f"no answer from the broker within {timeout} s")
-                if self._spin and self._lane_poll is not None and lane.spin_poll(self._lane_poll.poll, self._spin):
+                if self._lane_poll is not None and self._answer_spinner.spin(self._lane_poll.poll):
                     self._drain_lane()  # the answer (or a call of a cycle) came while we polled: no sleep
                     continue
-                for sock, _ in self._nested.poll(None if wait is None else int(wait * 1000) + 1):
+                ready = self._nested.poll(None if wait is None else int(wait * 1000) + 1)
+                self._answer_spinner.woke()
+                for sock, _ in ready:
                     self._nested_handlers[sock]()
         finally:
             self._zmq_quiet = False  # polling here took wake-ups that the sockets' descriptors would have given

@@ -286,8 +286,14 @@ class LaneWriter:
 
     def send(self, parts: Sequence[Any], on_written: Callable[[], None] | None = None) -> bool:
         """Queue one frame's parts and write what the descriptor takes; True if all of it has left."""
-        if on_written is None and not self._queue and len(parts) == 1 and type(parts[0]) is bytes:
-            return self._send_one(parts[0])  # the common case: one small frame, nothing waiting before it
+        if not self._queue and len(parts) == 1 and type(parts[0]) is bytes:
+            done = self._send_one(parts[0])  # the common case: one small frame, nothing waiting before it
+            if on_written is not None:
+                if done:
+                    on_written()
+                else:
+                    self._marks.append((self._written + self.queued, on_written))
+            return done
         self._queue.extend(parts)
         self.queued += size(parts)
         if on_written is not None:
@@ -347,16 +353,35 @@ class LaneWriter:
             on_written()
 
 
-def spin_poll(poll: Callable[[int], list[tuple[int, int]]], seconds: float) -> list[tuple[int, int]]:
-    """``poll(0)`` again and again for up to ``seconds`` (see SPIN), yielding the CPU between polls to any thread
-    or process that is ready to run; what the last poll found (perhaps nothing)."""
-    events = poll(0)
-    if not events:
-        until = time.perf_counter() + seconds
+class Spinner:
+    """Polls for up to ``seconds`` before a wait sleeps (see SPIN), while that pays.
+
+    `spin` polls without waiting, again and again, yielding the CPU between polls to any thread or process that
+    is ready to run, and returns what it found; if nothing came, the caller sleeps and then calls `woke`. A wait
+    that took more than twice ``seconds`` would not have been saved by spinning: the next wait sleeps at once
+    (polling would only take CPU from the others, the worse on a busy machine), until a wait is short again.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.paying = True
+        self._start = 0.0
+
+    def spin(self, poll: Callable[[int], list[Any]]) -> list[Any]:
+        self._start = start = time.perf_counter()
+        if not self.seconds or not self.paying:
+            return []
+        events = poll(0)
+        until = start + self.seconds
         while not events and time.perf_counter() < until:
             os.sched_yield()
             events = poll(0)
-    return events
+        return events
+
+    def woke(self) -> None:
+        """After a sleep that `spin` did not spare: was it short enough for spinning to pay next time?"""
+        if self.seconds:
+            self.paying = time.perf_counter() - self._start <= 2 * self.seconds
 
 
 def control_record(kind: int, call_id: int = 0) -> bytes:

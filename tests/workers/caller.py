@@ -45,3 +45,9 @@ def print_through():
 def count_in(segregation_id):
     """Increment the counter of the worker of counter.py for ``segregation_id``."""
     return broker_proxy().worker_proxy(("./counter.py", segregation_id)).increment()
+
+
+def greet_within(count: int, seconds: float) -> int:
+    """``count`` calls of hello.py, each with a timeout of ``seconds``: how many answered."""
+    within = hello.hello.with_timeout(seconds)
+    return sum(within(str(i)) == f"Hello {i}" for i in range(count))
