@@ -87,10 +87,10 @@ class WorkerBroker:
     allows a call, False refuses it (`PermissionError` in the caller), None leaves it to the default rule.
     ``worker_constructor`` receives a module's real path (a dotted name's file, where one is found).
 
-    ``spin`` (seconds, 50 µs by default; 0 turns it off) is how long the thread that waits for a reply, and a
+    ``spin`` (seconds, 100 µs by default; 0 turns it off) is how long the thread that waits for a reply, and a
     local worker that waits for its next call, poll before they sleep: on a virtual machine, waking a halted CPU
     costs tens of µs each way, most of a hot call's time otherwise (docs/benchmarks.md). It costs at most that
-    much CPU per wait.
+    much CPU per wait, and stops while waits are longer (`lane.Spinner`).
     """
 
     def __init__(

@@ -851,6 +851,7 @@ class WorkerKernel:
             raise RuntimeError("worker-to-worker calls are made from the worker's main thread (or its event loop)")
         msg_id = self._broker_message(content, buffers)
         deadline = None if timeout is None else time.monotonic() + timeout
+        polled_sockets = self._lane_fd is None  # the request went on the stdin socket
         try:
             while msg_id not in self._answers:
                 if self._lane_queue:  # frames read earlier (calls of a cycle, say) are served first
@@ -863,12 +864,14 @@ class WorkerKernel:
                 if self._lane_poll is not None and self._answer_spinner.spin(self._lane_poll.poll):
                     self._drain_lane()  # the answer (or a call of a cycle) came while we polled: no sleep
                     continue
+                polled_sockets = True
                 ready = self._nested.poll(None if wait is None else int(wait * 1000) + 1)
                 self._answer_spinner.woke()
                 for sock, _ in ready:
                     self._nested_handlers[sock]()
         finally:
-            self._zmq_quiet = False  # polling here took wake-ups that the sockets' descriptors would have given
+            if polled_sockets:  # polling the sockets took wake-ups that their descriptors would have given
+                self._zmq_quiet = False
             if self.loop is not None:  # and that the loop's (edge-triggered) readers wait for
                 self.loop.call_soon(self._drain_all)
         return _answer(self._answers.pop(msg_id))

@@ -52,7 +52,7 @@ SPIN_ENV = "WB_LANE_SPIN_US"  # how long a lane worker polls for the next frame 
 # A side that waits (the host for a reply, a lane worker for its next call) polls for this long before it sleeps.
 # On a virtual machine a sleeping CPU is halted, and waking it costs an interrupt across CPUs and a trip through
 # the hypervisor, tens of µs each way: most of a hot call's time on this project's VM (docs/benchmarks.md).
-SPIN = 50e-6
+SPIN = 100e-6
 OUTPUT_CHUNK = 256 * 1024  # characters of output per frame: within any JSON cap, however the text is escaped
 
 # what a frame is (host -> worker: CALL, IMPORT, INSPECT, DEBUG, BROKER_REPLY; worker -> host: REPLY, STREAM, BROKER)
