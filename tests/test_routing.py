@@ -231,3 +231,18 @@ def test_a_dotted_name_runs_only_the_file_its_constructor_saw(tmp_path, monkeypa
         with pytest.raises(ImportError, match="will not run a module it was not launched for"):
             b.worker_proxy("wb_shadowed_helpers").who()
     assert seen == [str((hostdir / "wb_shadowed_helpers.py").resolve())]
+
+
+def test_the_targets_a_worker_names_are_remembered_within_a_bound(tmp_path):
+    """The broker remembers where a worker's request targets resolve, but a worker chooses those names: long
+    ones are never kept, and the table never holds more than RESOLVED of them."""
+    from wb_magic import broker as broker_module
+
+    base = str(tmp_path / "caller.py")
+    with WorkerBroker(warm_workers=0) as broker:
+        for i in range(broker_module.RESOLVED + 10):
+            assert broker._resolve_routed(f"./m{i}.py", base) == str(tmp_path / f"m{i}.py")
+        long_name = "./" + "x" * 100_000 + ".py"
+        assert broker._resolve_routed(long_name, base).endswith(".py")
+        assert len(broker._resolved) <= broker_module.RESOLVED
+        assert all(len(name) <= broker_module.RESOLVED_NAME for name, _ in broker._resolved)

@@ -64,7 +64,8 @@ STRAY_OUTPUT_RATE = 64 * 1024  # characters a second of output that belongs to n
 DEFAULT_MAX_WORKERS = 64  # worker processes at once; at the limit the least recently used idle one is evicted
 DEFAULT_SANDBOX_QUOTA = 4  # live workers that calls from one sandboxed worker (and its delegates) may have started
 MAX_REQUESTS_IN_FLIGHT = 1024  # worker-to-worker requests of one worker being served at once; more are refused
-RESOLVED = 4096  # resolved targets of workers' requests remembered (see _resolve_routed)
+RESOLVED = 1024  # resolved targets of workers' requests remembered (see _resolve_routed)
+RESOLVED_NAME = 512  # characters of a target name that is remembered
 UNREAD_ANSWERS = 1 << 20  # bytes of answers a worker has not taken, past which it is not read until it takes them
 
 
@@ -374,13 +375,15 @@ class WorkerBroker:
 
     def _resolve_routed(self, spec: Any, base: str) -> str:
         """`resolve_module` for a worker's request, remembered: a path is made real with a system call per part,
-        which a worker calling the same module again and again need not pay each time. At most RESOLVED entries
-        (what a worker names is its choice), forgotten together when full."""
+        which a worker calling the same module again and again need not pay each time. What a worker names is its
+        choice: at most RESOLVED entries, forgotten together when full, of names of at most RESOLVED_NAME
+        characters (a hostile worker's long names would make the host hold a frame's worth each)."""
+        cacheable = type(spec) is str and len(spec) <= RESOLVED_NAME
         key = (spec, base)
-        found = self._resolved.get(key) if type(spec) is str else None
+        found = self._resolved.get(key) if cacheable else None
         if found is None:
             found = resolve_module(spec, base)
-            if type(spec) is str:
+            if cacheable:
                 if len(self._resolved) >= RESOLVED:
                     self._resolved.clear()
                 self._resolved[key] = found
