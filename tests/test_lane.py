@@ -447,3 +447,40 @@ def test_a_worker_whose_port_was_taken_meanwhile_listens_on_another(monkeypatch)
                 assert written["shell_port"] != taken  # where a console finds it
     finally:
         held.close()
+
+
+def test_a_waiter_stops_polling_when_what_comes_is_not_what_it_waits_for():
+    """A worker that writes a small frame every 100 µs, which the host drops, must not keep the host's waiting
+    thread polling: after SPIN_MISSES waits that brought something else, the spinner polls no more until one
+    brings what it waits for."""
+    polls = []
+
+    def poll(timeout):
+        polls.append(timeout)
+        return [(3, 1)]  # always something: the noise
+
+    spinner = lane.Spinner(1.0)
+    for _ in range(lane.SPIN_MISSES):
+        assert spinner.spin(poll) == [(3, 1)]
+        spinner.miss()
+    before = len(polls)
+    assert spinner.spin(poll) == []  # the caller sleeps on its own wait instead
+    assert len(polls) == before
+    spinner.hit()
+    assert spinner.spin(poll) == [(3, 1)]
+
+
+def test_a_frame_written_to_a_closed_lane_still_reports_itself_done():
+    """``on_written`` is called once a frame has left, or once the lane has closed: the broker's counts of bytes in
+    flight depend on it."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.close()
+    writer = lane.LaneWriter(ours.fileno())
+    called = []
+    with pytest.raises(lane.LaneClosed):
+        writer.send(lane.encode(lane.REPLY, 1, {"status": "ok"}), lambda: called.append("small"))
+    with pytest.raises(lane.LaneClosed):
+        writer.send(lane.encode(lane.REPLY, 2, {"status": "ok"}, [b"x" * 10]), lambda: called.append("buffer"))
+    assert called == ["small", "buffer"]
+    ours.close()

@@ -135,9 +135,23 @@ def test_module_file_finds_a_dotted_module_without_importing_it():
     assert out[0].endswith("/xml/dom/minidom.py") and out[1:] == ["None", "None", "False"]
 
 
-def test_routed_calls_with_a_timeout_leave_no_timer_behind(caller, broker):
-    """Each routed call with a timeout sets a timer in the broker; a call that ends forgets it, so a worker that
-    makes many calls with long timeouts does not make the broker hold one per call until they expire."""
-    assert caller.greet_within(300, 600) == 300
-    assert len([timer for timer in broker._pump._timers if timer[2] is not None]) < 5  # heartbeats, say
-    assert len(broker._pump._timers) <= 300 // 2 + 5
+def test_routed_calls_with_a_timeout_leave_no_timer_behind(caller, broker, workers_dir):
+    """Each routed call with a timeout sets a timer in the broker, and a turn on every event loop the broker
+    serves; a call that ends forgets both, so a worker that makes many calls with long timeouts does not make
+    the host hold one per call until they expire."""
+    import asyncio
+    import threading
+
+    loop = asyncio.new_event_loop()  # an application's event loop (a notebook's, say) that has made async calls
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    try:
+        hello = broker.worker_proxy(workers_dir / "hello.py", asynchronous=True).hello
+        assert asyncio.run_coroutine_threadsafe(hello("loop"), loop).result(60) == "Hello loop"
+        assert caller.greet_within(300, 600) == 300
+        for _ in range(2):  # the cancellations reach the loop through its queue: let it take them
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(60)
+        assert len([timer for timer in broker._pump._timers if timer[2] is not None]) < 5  # heartbeats, say
+        assert len(broker._pump._timers) <= 300 // 2 + 5
+        assert len([handle for handle in loop._scheduled if not handle.cancelled()]) < 5
+    finally:
+        loop.call_soon_threadsafe(loop.stop)

@@ -899,7 +899,12 @@ class WorkerBroker:
             if source.spec.sandboxed and requested in (None, ""):
                 requested = source.segregation_id  # a sandboxed worker calls as its own tenant
             named, segregation_id = split_target((request.target, requested))
-            module = self._resolve_routed(named, caller_module)
+            # a sandboxed caller's targets are made real afresh each time: one that may write where they lie
+            # could otherwise swap a folder for a symbolic link after the first call, and be routed by the old path
+            if source.spec.sandboxed:
+                module = resolve_module(named, caller_module)
+            else:
+                module = self._resolve_routed(named, caller_module)
             target_spec = self._spec_if_live(module, segregation_id)
 
             def spec_of_target() -> WorkerSpec:

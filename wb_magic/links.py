@@ -453,6 +453,7 @@ class JupyterLink(Link):
             self._beat()
 
     def close(self) -> None:
+        self._unsent.clear()
         if self._pump is not None:
             for sock in self.connection.sockets:
                 self._pump.unregister(sock)

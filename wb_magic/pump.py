@@ -57,8 +57,9 @@ class Pump:
         self._dirty: set[int] = set()  # descriptors of sockets to look at whether or not epoll says so
         self._writers: set[int] = set()  # descriptors watched for room to write too (see want_write)
         self._muted: set[int] = set()  # descriptors not watched for reading (see want_read)
-        self._timers: list[list[Any]] = []  # a heap of [when, id, action]; a cancelled one's action is None
+        self._timers: list[list[Any]] = []  # a heap of [when, id, action, loop handles]; cancelled: action None
         self._cancelled = 0
+        self._ended_calls = False  # a call ended during the leader's last turn
         self._timer_ids = count()
         self._async_pending = 0
         self._loops: list[Any] = []  # event loops that take turns through readers (see serve_loop)
@@ -170,12 +171,17 @@ class Pump:
         `cancel`."""
         if not math.isfinite(when):
             raise ValueError(f"a timer needs a finite time, not {when!r}")
-        timer = [when, next(self._timer_ids), action]
+        handles: list[tuple[Any, Any]] = []  # the turns it schedules on event loops (see cancel)
+        timer: list[Any] = [when, next(self._timer_ids), action, handles]
+
+        def on_loop(loop: Any) -> None:
+            if timer[2] is not None:  # (cancelled already: nothing to schedule)
+                handles.append((loop, loop.call_later(max(0.0, when - _now()), self.turn)))
+
         with self._cv:
             heapq.heappush(self._timers, timer)
         self._wake()
-        delay = max(0.0, when - _now())
-        self._on_loops(lambda loop: loop.call_later(delay, self.turn))
+        self._on_loops(on_loop)
         return timer
 
     def cancel(self, timer: list[Any]) -> None:
@@ -191,6 +197,12 @@ class Pump:
                 self._timers = [live for live in self._timers if live[2] is not None]
                 heapq.heapify(self._timers)
                 self._cancelled = 0
+            scheduled, timer[3] = timer[3], []
+        for loop, handle in scheduled:  # the turns the timer scheduled on event loops go too
+            try:
+                loop.call_soon_threadsafe(handle.cancel)
+            except RuntimeError:  # that loop has closed
+                pass
 
     # -- waiting ------------------------------------------------------------------------------------------------
 
@@ -265,7 +277,12 @@ class Pump:
             timeout = self._poll_timeout(deadline)
             if timeout == 0 and deadline is not None and _now() >= deadline:
                 return done()
+            self._ended_calls = False
             self._dispatch(self._ready(timeout))
+            if self._ended_calls:  # a call ended (ours, another thread's, or one routed between workers)
+                self._spinner.hit()
+            else:
+                self._spinner.miss()  # what came ended no call: a worker's noise, say (see lane.Spinner)
 
     def _ready(self, timeout: int | None, dirty_only: bool = False) -> set[int]:
         """The descriptors to look at: what epoll reports within ``timeout`` ms, and the dirty ones."""
@@ -316,6 +333,7 @@ class Pump:
     def delivered(self) -> None:
         """Wake followers: a call they may wait on has ended. Under the lock, always: a follower checks its call
         and goes to sleep atomically under it, so a wake-up sent meanwhile cannot be lost."""
+        self._ended_calls = True  # the turn was worth polling for (see _lead)
         with self._cv:
             if self._followers:
                 self._cv.notify_all()

@@ -123,6 +123,7 @@ class WorkerKernel:
         self._lane_queue: deque[lane.Frame] = deque()  # frames read but not yet handled, in order
         self._lane_requests = count(1)
         self._lane_writing = False  # lane I/O on the main thread is under way: an interrupt waits for its end
+        self._lane_reading = False  # the main thread is inside LaneReader.read (see _read_ahead)
         self._zmq_quiet = False  # the ZeroMQ sockets are empty and untouched since zmq_poll said so (see _serve)
         self._deferred_interrupt: tuple[str | int | None] | None = None
         self.shell_handlers: dict[str, Handler] = {
@@ -416,6 +417,7 @@ class WorkerKernel:
         """Read what the lane holds, and serve it in order."""
         assert self._lane_reader is not None
         self._lane_writing = True  # an interrupt in the middle of a read would lose what it read: it waits
+        self._lane_reading = True
         try:
             self._lane_queue.extend(self._lane_reader.read())
         except (lane.LaneClosed, lane.LaneError) as exc:  # the broker has gone (or is not the broker)
@@ -424,6 +426,7 @@ class WorkerKernel:
             self._stop()
             return
         finally:
+            self._lane_reading = False
             self._lane_writing = False
             self._deliver_deferred_interrupt()
         self._serve_lane_queue()
@@ -497,6 +500,8 @@ class WorkerKernel:
         """Read what the broker has written into the lane's queue, without serving it (main thread, while
         waiting to write). False if the lane has ended."""
         assert self._lane_reader is not None
+        if self._lane_reading:  # a write from inside a read (a finalizer that prints, say): read no further
+            return True
         try:
             self._lane_queue.extend(self._lane_reader.read())
         except (lane.LaneClosed, lane.LaneError):

@@ -53,6 +53,7 @@ SPIN_ENV = "WB_LANE_SPIN_US"  # how long a lane worker polls for the next frame 
 # On a virtual machine a sleeping CPU is halted, and waking it costs an interrupt across CPUs and a trip through
 # the hypervisor, tens of µs each way: most of a hot call's time on this project's VM (docs/benchmarks.md).
 SPIN = 100e-6
+SPIN_MISSES = 16  # waits in a row that brought a waiter something else, after which it stops spinning (Spinner)
 OUTPUT_CHUNK = 256 * 1024  # characters of output per frame: within any JSON cap, however the text is escaped
 
 # what a frame is (host -> worker: CALL, IMPORT, INSPECT, DEBUG, BROKER_REPLY; worker -> host: REPLY, STREAM, BROKER)
@@ -287,7 +288,12 @@ class LaneWriter:
     def send(self, parts: Sequence[Any], on_written: Callable[[], None] | None = None) -> bool:
         """Queue one frame's parts and write what the descriptor takes; True if all of it has left."""
         if not self._queue and len(parts) == 1 and type(parts[0]) is bytes:
-            done = self._send_one(parts[0])  # the common case: one small frame, nothing waiting before it
+            try:
+                done = self._send_one(parts[0])  # the common case: one small frame, nothing waiting before it
+            except LaneClosed:
+                if on_written is not None:
+                    on_written()  # as `discard` does for what waits: the lane has closed
+                raise
             if on_written is not None:
                 if done:
                     on_written()
@@ -360,16 +366,21 @@ class Spinner:
     is ready to run, and returns what it found; if nothing came, the caller sleeps and then calls `woke`. A wait
     that took more than twice ``seconds`` would not have been saved by spinning: the next wait sleeps at once
     (polling would only take CPU from the others, the worse on a busy machine), until a wait is short again.
+
+    A waiter that can tell whether a wait was worth it says so: `hit` (the broker's pump: the turn ended a call)
+    or `miss`. After SPIN_MISSES misses in a row it stops spinning until a hit. Else a worker that writes a small
+    frame every 100 µs, which the host drops, would keep the host's waiting thread polling all the time.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.paying = True
+        self.misses = 0
         self._start = 0.0
 
     def spin(self, poll: Callable[[int], list[Any]]) -> list[Any]:
         self._start = start = time.perf_counter()
-        if not self.seconds or not self.paying:
+        if not self.seconds or not self.paying or self.misses >= SPIN_MISSES:
             return []
         events = poll(0)
         until = start + self.seconds
@@ -382,6 +393,12 @@ class Spinner:
         """After a sleep that `spin` did not spare: was it short enough for spinning to pay next time?"""
         if self.seconds:
             self.paying = time.perf_counter() - self._start <= 2 * self.seconds
+
+    def hit(self) -> None:
+        self.misses = 0
+
+    def miss(self) -> None:
+        self.misses += 1
 
 
 def control_record(kind: int, call_id: int = 0) -> bytes:
