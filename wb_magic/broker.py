@@ -518,7 +518,8 @@ class WorkerBroker:
             lane.launched()  # the worker holds its ends now
         process = ProcessWatch(manager)
         try:
-            ours = spec.argv is None and spec.kernel_name is None  # worker_kernel, which holds iopub (JupyterLink)
+            # worker_kernel, which holds its iopub messages until our subscription shows (see JupyterLink)
+            ours = (spec.argv is None and spec.kernel_name is None) or getattr(manager, "runs_worker_kernel", False)
             link: Link = lane or JupyterLink(
                 self._context, dict(manager.get_connection_info()), self._identity, self.max_message_bytes, ours
             )

@@ -94,6 +94,12 @@ class ProvisionedKernel:
         return self.manager.provisioner
 
     @property
+    def runs_worker_kernel(self) -> bool:
+        """Whether its kernel spec starts wb-magic's own kernel (directly, or through worker_kernel.launcher)."""
+        argv = getattr(self.manager.kernel_spec, "argv", None) or []
+        return any(part == "worker_kernel" or str(part).startswith("worker_kernel.") for part in argv)
+
+    @property
     def local(self) -> bool:
         return isinstance(self.manager.provisioner, LocalProvisioner)
 
