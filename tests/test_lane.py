@@ -167,7 +167,10 @@ def lane_broker():
 
 # -- finding 6: the host's memory under a flood from a sandboxed worker ---------------------------------------------
 
-HOST_SCRIPT = textwrap.dedent(
+# What the hostile-worker host scripts below share: run as a process of its own, the host's peak RSS is the
+# attack's alone. `hostile_broker` runs ``path`` sandboxed (limited to 512 MB); `reset_peak` starts the peak
+# (VmHWM) again from the RSS now, so that start-up's peak is not the attack's, and returns that RSS.
+HOSTILE_HOST = textwrap.dedent(
     """
     import json, sys
     import psutil
@@ -177,16 +180,26 @@ HOST_SCRIPT = textwrap.dedent(
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
+    def reset_peak():
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return psutil.Process().memory_info().rss
+
+    def hostile_broker(path, call_timeout=600):
+        spec = WorkerSpec(permissions=Permissions(read=[path]), memory_limit=512 << 20)
+        return WorkerBroker(call_timeout=call_timeout, warm_workers=0, worker_constructor=lambda m, s: spec)
+    """
+)
+
+HOST_SCRIPT = HOSTILE_HOST + textwrap.dedent(
+    """
     FLOOD = sys.argv[1]
-    spec = WorkerSpec(permissions=Permissions(read=[FLOOD]), memory_limit=512 << 20)
     outcome = {}
-    with WorkerBroker(call_timeout=600, warm_workers=0, worker_constructor=lambda m, s: spec) as broker:
+    with hostile_broker(FLOOD) as broker:
         flood = broker.worker_proxy(FLOOD)
         flood.hello("first")
         outcome["link"] = broker.worker_for(FLOOD).link.kind
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # the peak RSS (VmHWM) starts again from the RSS now: start-up's peak is not the attack's
-        before = psutil.Process().memory_info().rss
+        before = reset_peak()
         outcome["zmq_multipart"] = flood.zmq_multipart()
         outcome["lane_within_cap"] = flood.lane_within_cap()
         try:
@@ -224,25 +237,14 @@ def test_a_sandboxed_workers_flood_leaves_the_hosts_memory_within_the_bound():
 
 BACKPRESSURE = str(WORKERS / "untrusted" / "backpressure.py")
 
-ROUTE_TO_SELF = textwrap.dedent(
+ROUTE_TO_SELF = HOSTILE_HOST + textwrap.dedent(
     """
-    import json, sys
-    import psutil
-    from wb_magic import Permissions, WorkerBroker, WorkerSpec
-
-    def peak_rss():  # this process's own high-water mark (ru_maxrss keeps the parent's across fork and exec)
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
     HOG = sys.argv[1]
-    spec = WorkerSpec(permissions=Permissions(read=[HOG]), memory_limit=512 << 20)
     outcome = {}
-    with WorkerBroker(call_timeout=600, warm_workers=0, worker_constructor=lambda m, s: spec) as broker:
+    with hostile_broker(HOG) as broker:
         hog = broker.worker_proxy(HOG)
         hog.hello("first")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # the peak RSS (VmHWM) starts again from the RSS now: start-up's peak is not the attack's
-        before = psutil.Process().memory_info().rss
+        before = reset_peak()
         outcome["sent"] = hog.route_to_self(12, 32)
         peak = peak_rss()
         outcome["growth"] = peak - before
@@ -333,15 +335,9 @@ def _outcome(function, *args):
         return exc
 
 
-BIG_ANSWERS = textwrap.dedent(
+BIG_ANSWERS = HOSTILE_HOST + textwrap.dedent(
     """
-    import asyncio, io, json, sys
-    import psutil
-    from wb_magic import Permissions, WorkerBroker, WorkerDied, WorkerSpec
-
-    def peak_rss():
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    import asyncio, io
 
     class Watch(io.TextIOBase):  # the hog's output: "sent" once its requests have left
         def __init__(self, loop, sent):
@@ -370,16 +366,13 @@ BIG_ANSWERS = textwrap.dedent(
             sys.stdout = sys.__stdout__
 
     HOG = sys.argv[1]
-    spec = WorkerSpec(permissions=Permissions(read=[HOG]), memory_limit=512 << 20)
     outcome = {}
-    with WorkerBroker(call_timeout=120, warm_workers=0, worker_constructor=lambda m, s: spec) as broker:
+    with hostile_broker(HOG, call_timeout=120) as broker:
         hog = broker.worker_proxy(HOG)
         hog.hello("first")
         big = broker.worker_proxy(sys.argv[2])
         big.big(1)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = psutil.Process().memory_info().rss
+        before = reset_peak()
         asyncio.run(unread_answers(broker, outcome))
         outcome["answers"] = hog.answers(4)
         try:
